@@ -1,0 +1,56 @@
+"""Tiny random Wan transformers for tests, benches and examples (nothing is downloaded).
+
+Heads are 128 wide and text_dim 4096, like every real Wan, so ComfyUI's rules hold for them too.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .spec import WanSpec
+
+TINY = {
+    "t2v": WanSpec(model_type="t2v", dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=16, out_dim=16),
+    "i2v": WanSpec(model_type="i2v", dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=36, out_dim=16,
+                   image_dim=1280),
+    "ti2v": WanSpec(model_type="ti2v", dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=48, out_dim=48),
+}
+
+
+def tiny_spec(kind: str = "t2v", **changes) -> WanSpec:
+    """A small Wan spec (2 heads x 128, 2 blocks) of kind t2v | i2v | ti2v, with optional field changes."""
+    return TINY[kind].replace(**changes)
+
+
+def random_wan(spec: WanSpec, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A diffusers `WanTransformer3DModel` of `spec` with seeded random weights.
+
+    Unlike a fresh official Wan (whose head is zeroed) every weight is non-trivial, so equality tests mean
+    something: norms and modulation tables are perturbed too."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    model = WanTransformer3DModel(**spec.to_diffusers_config())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1 and name.endswith("weight"):  # norm scales: near 1, not exactly 1
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.02 * torch.randn_like(p))
+        model.proj_out.weight.normal_(0, 0.02)
+    return (model if dtype == torch.float32 else model.to(dtype)).eval()
+
+
+def random_inputs(spec: WanSpec, batch: int = 1, frames: int = 2, height: int = 8, width: int = 8,
+                  text_tokens: int = 8, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict:
+    """Keyword inputs for a Wan forward: latents [B, in_dim, F, H, W], timestep [B], context [B, L, text_dim]
+    (real tokens, zero-padded like umT5), plus CLIP image tokens for an image-embedder model."""
+    g = torch.Generator().manual_seed(seed)
+    context = torch.zeros(batch, spec.text_len if spec.text_len <= 64 else 16, spec.text_dim)
+    context[:, :text_tokens] = torch.randn(batch, text_tokens, spec.text_dim, generator=g)
+    inputs = dict(hidden_states=torch.randn(batch, spec.in_dim, frames, height, width, generator=g),
+                  timestep=torch.rand(batch, generator=g) * 1000, encoder_hidden_states=context)
+    if spec.has_image_embedder:
+        tokens = spec.image_pos_len or 257
+        inputs["encoder_hidden_states_image"] = torch.randn(batch, tokens, spec.image_dim, generator=g)
+    return {k: v.to(dtype) for k, v in inputs.items()}
