@@ -74,7 +74,7 @@ class WanSource:
         """wanlite provenance stored in the safetensors metadata (`wanlite.*` keys, JSON values)."""
         out = {}
         for k, v in self.metadata.items():
-            if k.startswith("wanlite."):
+            if k.startswith("wanlite.") and k not in ("wanlite.version", "wanlite.spec"):
                 try:
                     out[k[len("wanlite."):]] = json.loads(v)
                 except json.JSONDecodeError:
@@ -352,7 +352,7 @@ def _metadata(spec: WanSpec, provenance: dict | None) -> dict[str, str]:
     meta = {"format": "pt", "wanlite.version": json.dumps(__version__),
             "wanlite.spec": json.dumps({**spec.__dict__, "patch_size": list(spec.patch_size)})}
     for key, value in (provenance or {}).items():
-        meta[f"wanlite.{key}"] = json.dumps(value, default=str)
+        meta.setdefault(f"wanlite.{key}", json.dumps(value, default=str))  # never overrides version/spec
     return meta
 
 

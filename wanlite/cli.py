@@ -1,0 +1,109 @@
+"""The `wanlite` command: inspect, convert, distill, compare. Errors print one message (no traceback) and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _inspect(args) -> int:
+    from . import comfy
+    from .formats import inspect_wan
+
+    source = inspect_wan(args.path, expert=args.expert)
+    print(repr(source))
+    if source.provenance:
+        print("  wanlite provenance: " + ", ".join(f"{k}={v}" for k, v in source.provenance.items()))
+    if source.layout == "single-file":
+        print(repr(comfy.check(source.path)))
+    else:
+        problems = source.spec.comfyui_problems()
+        verdict = "ComfyUI-compatible shapes" if not problems else "ComfyUI would mis-load it:"
+        print(f"ComfyUI verdict: {verdict}")
+        for p in problems:
+            print(f"  - {p}")
+        if not problems:
+            print(f"  ComfyUI loads one file: wanlite convert {args.path} OUT.safetensors --layout comfyui")
+    return 0
+
+
+def _convert(args) -> int:
+    from .formats import load_wan, parse_dtype, save_wan
+
+    dtype = parse_dtype(args.dtype)
+    model = load_wan(args.src, torch_dtype=dtype, expert=args.expert)
+    provenance = dict(model.wanlite_source.provenance)
+    provenance.setdefault("converted_from", str(args.src))
+    export = save_wan(model, args.dst, layout=args.layout, dtype=dtype, provenance=provenance,
+                      overwrite=args.overwrite, allow_non_comfyui=args.allow_non_comfyui,
+                      comfyui_root=args.comfyui_root)
+    print(repr(export))
+    return 0
+
+
+def _distill(args) -> int:
+    from . import distill
+
+    return distill.main(args.rest)
+
+
+def _compare(args) -> int:
+    from .compare import compare_paths
+
+    comparison = compare_paths(args.teacher, args.student, prompts=args.prompts, out_dir=args.out)
+    print(repr(comparison))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wanlite", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("inspect", help="layout, Wan config, parameters, dtypes and the ComfyUI verdict of any Wan path")
+    p.add_argument("path")
+    p.add_argument("--expert", choices=["high_noise", "low_noise"], help="Wan2.2 A14B expert to read")
+    p.set_defaults(run=_inspect)
+
+    p = sub.add_parser("convert", help="rewrite a Wan transformer in another layout")
+    p.add_argument("src")
+    p.add_argument("dst", nargs="?", help="output directory (wan, diffusers) or .safetensors file (comfyui)")
+    p.add_argument("--layout", choices=["wan", "comfyui", "diffusers"], default="wan")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: as stored (comfyui: bf16)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    p.add_argument("--expert", choices=["high_noise", "low_noise"], help="Wan2.2 A14B expert to read")
+    p.add_argument("--comfyui-root", help="write straight into ComfyUI/models/diffusion_models/ of this install")
+    p.add_argument("--allow-non-comfyui", action="store_true", help="export even if ComfyUI would mis-load it")
+    p.set_defaults(run=_convert)
+
+    p = sub.add_parser("distill", help="distill a student (see `wanlite distill --help`)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(run=_distill)
+
+    p = sub.add_parser("compare", help="compare a student with its teacher; write figures, metrics and a report")
+    p.add_argument("teacher")
+    p.add_argument("student")
+    p.add_argument("--prompts", nargs="*", help="captions (toy world) to sample")
+    p.add_argument("--out", required=True, help="report directory")
+    p.set_defaults(run=_compare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import WanliteError
+
+    args = build_parser().parse_args(argv)
+    if args.command == "convert" and args.dst is None and not args.comfyui_root:
+        print("wanlite convert: DST is required (or --comfyui-root for --layout comfyui)", file=sys.stderr)
+        return 2
+    try:
+        return args.run(args)
+    except WanliteError as err:
+        if args.debug:
+            raise
+        print(f"wanlite {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
