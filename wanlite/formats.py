@@ -10,12 +10,14 @@ student "loads fine" and produces garbage.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from . import keys as keymap
 from .errors import FormatError, SpecError
@@ -291,7 +293,8 @@ def materialize(source: WanSource, torch_dtype=None, device=None, cls=None):
                     "re-export the complete model; do not drop or rename keys.")
     keep_fp32 = tuple(getattr(cls, "_keep_in_fp32_modules", None) or ())
     state = {}
-    with open_files(source.tensors.values()) as handles:
+    with open_files(source.tensors.values()) as handles, contextlib.ExitStack() as maps:
+        mapped = {}  # same-dtype CPU loads are zero-copy views of the file (safetensors' memory map)
         for official, entry in source.tensors.items():
             name = names[official]
             if tuple(entry.shape) != expected[name]:
@@ -301,7 +304,12 @@ def materialize(source: WanSource, torch_dtype=None, device=None, cls=None):
             want = dtype
             if want in (torch.float16, torch.bfloat16) and any(m in name.split(".") for m in keep_fp32):
                 want = torch.float32
-            state[name] = read_tensor(entry, want, device, handles[entry.file])
+            if want in (None, entry.dtype) and device in (None, "cpu"):
+                if entry.file not in mapped:
+                    mapped[entry.file] = maps.enter_context(safe_open(entry.file, framework="pt"))
+                state[name] = mapped[entry.file].get_tensor(entry.name)
+            else:  # convert one tensor at a time: the model plus one tensor of scratch, never the whole file
+                state[name] = read_tensor(entry, want, device, handles[entry.file])
     model.load_state_dict(state, strict=True, assign=True)
     model.wanlite_source = source
     return model.eval()

@@ -87,22 +87,33 @@ def read_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
     return entries, dict(metadata)
 
 
+_CHUNK = 4 * 1024 * 1024  # bytes of scratch for dtype conversion
+
+
 def read_tensor(entry: TensorEntry, dtype: torch.dtype | None = None, device=None, fh=None) -> torch.Tensor:
-    """Read one tensor straight into fresh memory (converted to `dtype` with one tensor of scratch at most)."""
-    out = torch.empty(entry.shape, dtype=entry.dtype)
-    if out.numel():
-        own = fh is None
-        fh = fh or open(entry.file, "rb")
-        try:
-            fh.seek(entry.start)
-            got = fh.readinto(out.view(-1).view(torch.uint8).numpy())
-        finally:
-            if own:
-                fh.close()
-        if got != entry.end - entry.start:
-            raise FormatError(f"{entry.file}: tensor {entry.name!r} is truncated. Fix: re-download or re-export it.")
-    if dtype is not None and dtype != out.dtype:
-        out = out.to(dtype)
+    """Read one tensor straight into fresh memory. A dtype conversion streams through a few MB of scratch,
+    so converting a whole model costs the converted model and nothing more."""
+    dtype = dtype or entry.dtype
+    out = torch.empty(entry.shape, dtype=dtype)
+    own = fh is None
+    fh = fh or open(entry.file, "rb")
+    try:
+        fh.seek(entry.start)
+        flat = out.view(-1)
+        if dtype == entry.dtype:
+            got = fh.readinto(flat.view(torch.uint8).numpy()) if out.numel() else 0
+        else:
+            step = max(1, _CHUNK // entry.dtype.itemsize)
+            scratch, got = torch.empty(min(step, flat.numel()), dtype=entry.dtype), 0
+            for i in range(0, flat.numel(), step):
+                part = scratch[: min(step, flat.numel() - i)]
+                got += fh.readinto(part.view(torch.uint8).numpy())
+                flat[i : i + part.numel()].copy_(part)
+    finally:
+        if own:
+            fh.close()
+    if got != entry.end - entry.start:
+        raise FormatError(f"{entry.file}: tensor {entry.name!r} is truncated. Fix: re-download or re-export it.")
     return out if device is None else out.to(device)
 
 
