@@ -148,3 +148,22 @@ def test_cli_as_a_process(tmp_path):
     run = subprocess.run([sys.executable, "-m", "wanlite", "inspect", str(tmp_path / "x.safetensors")],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "not a valid safetensors file" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_from_teacher_and_the_seeds_teacher_checkpoint_form(tmp_path):
+    from wanlite.prune import Recipe
+
+    teacher = random_wan(tiny_spec("t2v", num_layers=4, num_heads=4, dim=512), seed=3)
+    recipe = Recipe(num_blocks=2, num_heads=2, ffn_dim=256, width_selection="magnitude")
+    student = WanLiteStudent.from_teacher(teacher, recipe)
+    assert student.spec == tiny_spec("t2v", ffn_dim=256) and student.pruning.kept_blocks == [0, 3]
+    export = student.save_pretrained(tmp_path / "s", verbose=False)
+    assert inspect_wan(export.path).provenance["kept_blocks"] == [0, 3]
+    teacher_dir = save_wan(teacher, tmp_path / "teacher").path
+    seeds = WanLiteStudent(hidden_size=256, depth=2, num_heads=2, ffn_dim=256, teacher_checkpoint_path=str(teacher_dir),
+                           device="cpu")
+    inputs = random_inputs(student.spec)
+    assert torch.equal(forward(seeds, inputs), forward(student, inputs))
+    with pytest.raises(SpecError, match="the recipe builds .* but this student was declared"):
+        WanLiteStudent(hidden_size=256, depth=2, num_heads=2, ffn_dim=256, teacher_checkpoint_path=str(teacher_dir),
+                       recipe=Recipe(num_blocks=3, num_heads=2, ffn_dim=256, width_selection="magnitude"))

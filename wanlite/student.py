@@ -113,8 +113,11 @@ class WanLiteStudent(WanTransformer3DModel):
         if not hasattr(teacher, "blocks"):
             teacher = load_wan(teacher)
         student, pruning = build_student(teacher, recipe, calibration, cls=cls)
+        source = getattr(teacher, "wanlite_source", None)
         student.pruning = pruning
-        student.provenance = pruning.provenance() if hasattr(pruning, "provenance") else {}
+        student.provenance = {"teacher": str(source.path) if source else "in-memory model",
+                              "recipe": pruning.recipe.to_dict(), "kept_blocks": pruning.kept_blocks,
+                              "pruning": pruning.to_dict()}
         return student
 
     def _copy_from_teacher(self, teacher_path, seeds: dict, recipe) -> None:
@@ -125,13 +128,14 @@ class WanLiteStudent(WanTransformer3DModel):
         teacher = load_wan(teacher_path)
         spec = self.spec
         if recipe is None:
-            recipe = Recipe(num_blocks=spec.num_layers, num_heads=spec.num_heads, ffn_dim=spec.ffn_dim)
+            recipe = Recipe(num_blocks=spec.num_layers, num_heads=spec.num_heads, ffn_dim=spec.ffn_dim,
+                            width_selection="magnitude")
         built = WanLiteStudent.from_teacher(teacher, recipe)
         if built.spec != spec:
             raise SpecError(f"teacher_checkpoint_path={teacher_path}: the recipe builds {built.spec}, but this "
                             f"student was declared as {spec}. Fix: make them agree, or use WanLiteStudent.from_teacher.")
         self.load_state_dict(built.state_dict(), strict=True)
-        self.pruning, self.provenance = built.pruning, {**built.provenance, "teacher": str(teacher_path)}
+        self.pruning, self.provenance = built.pruning, built.provenance
 
     # ---- the Wan view ----
     @property
