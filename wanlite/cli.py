@@ -41,16 +41,16 @@ def _convert(args) -> int:
     return 0
 
 
-def _distill(args) -> int:
-    from . import distill
-
-    return distill.main(args.rest)
-
-
 def _compare(args) -> int:
-    from .compare import compare_paths
+    import dataclasses
 
-    comparison = compare_paths(args.teacher, args.student, prompts=args.prompts, out_dir=args.out)
+    from .compare import CompareConfig, compare_paths
+
+    given = {k: v for k, v in dict(steps=args.steps, guidance=args.guidance, shift=args.shift,
+                                   scheduler=args.scheduler, repeats=args.repeats).items() if v is not None}
+    config = dataclasses.replace(CompareConfig(), **given) if given else None
+    comparison = compare_paths(args.teacher, args.student, prompts=args.prompts, out_dir=args.out, vae=args.vae,
+                               run_dir=args.run_dir, config=config)
     print(repr(comparison))
     return 0
 
@@ -77,14 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_convert)
 
     p = sub.add_parser("distill", help="distill a student (see `wanlite distill --help`)", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(run=_distill)
+    p.add_argument("--config", help="run YAML (see params/distill-example.yaml)")
 
     p = sub.add_parser("compare", help="compare a student with its teacher; write figures, metrics and a report")
     p.add_argument("teacher")
     p.add_argument("student")
     p.add_argument("--prompts", nargs="*", help="captions (toy world) to sample")
     p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--steps", type=int, help="sampling steps (default 20; a toy bundle brings its own)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    p.add_argument("--shift", type=float, help="flow shift of the schedule")
+    p.add_argument("--scheduler", choices=["unipc", "euler"])
+    p.add_argument("--repeats", type=int, help="timed forwards per model")
+    p.add_argument("--vae", help="a local diffusers AutoencoderKLWan directory (pixel PSNR/SSIM)")
+    p.add_argument("--run-dir", help="a distillation run directory: its loss curves go in the report")
     p.set_defaults(run=_compare)
     return parser
 
@@ -92,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .errors import WanliteError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["distill"]:  # its own parser (python -m wanlite.distill): options pass through untouched
+        from . import distill
+
+        return distill.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "convert" and args.dst is None and not args.comfyui_root:
         print("wanlite convert: DST is required (or --comfyui-root for --layout comfyui)", file=sys.stderr)

@@ -46,7 +46,9 @@ def random_inputs(spec: WanSpec, batch: int = 1, frames: int = 2, height: int = 
     """Keyword inputs for a Wan forward: latents [B, in_dim, F, H, W], timestep [B], context [B, L, text_dim]
     (real tokens, zero-padded like umT5), plus CLIP image tokens for an image-embedder model."""
     g = torch.Generator().manual_seed(seed)
-    context = torch.zeros(batch, spec.text_len if spec.text_len <= 64 else 16, spec.text_dim)
+    # diffusers' i2v attention takes the last 512 context tokens as text: an image model needs the full length
+    length = spec.text_len if spec.has_image_embedder else 16
+    context = torch.zeros(batch, length, spec.text_dim)
     context[:, :text_tokens] = torch.randn(batch, text_tokens, spec.text_dim, generator=g)
     inputs = dict(hidden_states=torch.randn(batch, spec.in_dim, frames, height, width, generator=g),
                   timestep=torch.rand(batch, generator=g) * 1000, encoder_hidden_states=context)
@@ -54,3 +56,21 @@ def random_inputs(spec: WanSpec, batch: int = 1, frames: int = 2, height: int = 
         tokens = spec.image_pos_len or 257
         inputs["encoder_hidden_states_image"] = torch.randn(batch, tokens, spec.image_dim, generator=g)
     return {k: v.to(dtype) for k, v in inputs.items()}
+
+
+def broken_comfyui_files(folder) -> dict:
+    """Files ComfyUI users run into, for demonstrations: a head_dim-64 student (loads silently, runs wrong) and a
+    diffusers-named file ("Could not detect model type"). Returns name -> path."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from .formats import save_wan
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    head64 = random_wan(tiny_spec("t2v", num_heads=4))  # 4 heads of 64
+    save_wan(head64, folder / "head_dim_64.safetensors", layout="comfyui", allow_non_comfyui=True, overwrite=True)
+    save_file({k: v.contiguous() for k, v in random_wan(tiny_spec("t2v")).state_dict().items()},
+              str(folder / "diffusers_names.safetensors"))
+    return {"head_dim_64": folder / "head_dim_64.safetensors", "diffusers_names": folder / "diffusers_names.safetensors"}

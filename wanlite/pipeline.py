@@ -1,0 +1,97 @@
+"""Run the five notebooks in order with papermill: `python -m wanlite.pipeline --run NAME --params FILE`.
+
+Each notebook gets the parameters its `parameters` cell declares (from the YAML file, plus `run_dir`), writes its
+executed copy to runs/<run>/, and the run stops at the first failing notebook, showing the failing cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import WanliteError
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+@dataclass
+class PipelineResult:
+    """What a pipeline run executed and where its outputs are."""
+
+    run_dir: Path
+    executed: list[Path] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        rows = "\n".join(f"  {p.name:<34} {self.seconds[p.name]:6.1f} s" for p in self.executed)
+        return f"pipeline run in {self.run_dir}:\n{rows}"
+
+
+def load_params(path) -> dict:
+    """Parameters from a YAML file (a flat mapping: name -> value)."""
+    path = Path(path)
+    try:
+        params = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise WanliteError(f"{path}: cannot read parameters ({err}). Fix: give a YAML file of name: value lines.") from None
+    if not isinstance(params, dict):
+        raise WanliteError(f"{path}: parameters must be a mapping of name: value, got {type(params).__name__}.")
+    return params
+
+
+def run_pipeline(run: str = "toy", params: dict | str | Path | None = None, notebooks=NOTEBOOKS,
+                 runs_dir="runs", only: list[str] | None = None) -> PipelineResult:
+    """Execute notebooks/0*_*.ipynb in order into runs/<run>/; raise at the first failure with its cell."""
+    import papermill as pm
+
+    values = load_params(params) if isinstance(params, (str, Path)) else dict(params or {})
+    run_dir = Path(runs_dir) / run
+    run_dir.mkdir(parents=True, exist_ok=True)
+    values["run_dir"] = str(run_dir.resolve())
+    result = PipelineResult(run_dir)
+    books = sorted(Path(notebooks).glob("0*_*.ipynb"))
+    if only:
+        books = [b for b in books if any(b.name.startswith(o) for o in only)]
+    known = set()
+    for book in books:
+        declared = pm.inspect_notebook(str(book))
+        known |= set(declared)
+        given = {k: v for k, v in values.items() if k in declared}
+        out = run_dir / book.name
+        print(f"== {book.name} -> {out}", flush=True)
+        start = time.perf_counter()
+        try:
+            pm.execute_notebook(str(book), str(out), parameters=given, cwd=str(book.parent), progress_bar=False,
+                                kernel_name="python3", log_output=False)
+        except pm.PapermillExecutionError as err:
+            raise WanliteError(f"{book.name} failed at cell {err.exec_count} ({err.ename}: {err.evalue}). "
+                               f"The executed notebook with the error is {out}.") from None
+        result.executed.append(out)
+        result.seconds[book.name] = time.perf_counter() - start
+    unused = set(values) - known - {"run_dir"}
+    if unused:
+        print(f"note: parameters no notebook declares: {sorted(unused)}", flush=True)
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m wanlite.pipeline", description=__doc__)
+    parser.add_argument("--run", default="toy", help="run name: outputs go to runs/<run>/")
+    parser.add_argument("--params", default=None, help="YAML parameters (e.g. params/toy.yaml)")
+    parser.add_argument("--only", nargs="*", help="notebook prefixes to run, e.g. 01 02")
+    args = parser.parse_args(argv)
+    try:
+        print(repr(run_pipeline(args.run, args.params, only=args.only)))
+    except WanliteError as err:
+        print(f"pipeline stopped: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
