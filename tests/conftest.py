@@ -6,6 +6,16 @@ import torch
 from wanlite.testing import random_inputs, random_wan, tiny_spec
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """One intra-op thread: tiny models run fastest and reproducibly so, and thread contention on a shared CPU
+    makes tiny forwards ~100x slower and noisy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session", params=["t2v", "i2v", "ti2v"])
 def kind(request):
     return request.param

@@ -13,13 +13,6 @@ from wanlite.losses import FeatureCapture, Objective, forward
 from wanlite.testing import random_wan, tiny_spec
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_latent_cache_round_trips_exactly_and_only_safetensors(tmp_path):
     g = torch.Generator().manual_seed(0)

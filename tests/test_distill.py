@@ -42,14 +42,6 @@ distill(cfg, teacher=teacher, student=student, data=Slow(n=48, latent_shape=(16,
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest (and reproducibly) on one thread, on a shared CPU too."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _models():
     return random_wan(tiny_spec("t2v", num_layers=2), seed=0), random_wan(tiny_spec("t2v", num_layers=1), seed=1)

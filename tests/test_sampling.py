@@ -25,14 +25,6 @@ class Oracle(torch.nn.Module):
         return ((hidden_states - self.x0) / sigma * self.scale,)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared CPU, thread contention makes tiny forwards ~100x slower and noisy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def model():

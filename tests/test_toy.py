@@ -11,14 +11,6 @@ from wanlite.errors import WanliteError
 from wanlite.spec import WanSpec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared CPU, thread contention makes tiny forwards much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def vae():

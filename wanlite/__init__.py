@@ -7,14 +7,20 @@ from .errors import DestinationExistsError, FormatError, RecipeError, SpecError,
 from .formats import inspect_wan, load_wan, save_wan  # noqa: E402
 from .spec import Problem, WanSpec  # noqa: E402
 
-# Names whose modules import diffusers (~10 s): loaded on first use.
-_LAZY = {"WanLiteStudent": "student", "comfy": None}
+# name -> module, loaded on first use (these import diffusers, ~10 s). Submodules named like their function
+# (wanlite.distill, wanlite.compare, wanlite.calibrate) stay modules: `from wanlite.distill import distill`.
+_LAZY = {
+    "WanLiteStudent": "student", "Recipe": "prune", "Pruning": "prune", "build_student": "prune",
+    "init_report": "prune", "Calibration": "calibrate", "DistillConfig": "distill", "sample": "sampling",
+    "compare_paths": "compare", "Comparison": "compare", "CompareConfig": "compare",
+    "comfy": "comfy", "toy": "toy", "runs": "runs",
+}
 
 
 def __getattr__(name):
     import importlib
 
-    if name in _LAZY:
-        module = importlib.import_module(f".{_LAZY[name] or name}", __name__)
-        return module if _LAZY[name] is None else getattr(module, name)
-    raise AttributeError(f"module 'wanlite' has no attribute {name!r}")
+    if name not in _LAZY:
+        raise AttributeError(f"module 'wanlite' has no attribute {name!r}")
+    module = importlib.import_module(f".{_LAZY[name]}", __name__)
+    return module if _LAZY[name] == name else getattr(module, name)
