@@ -28,7 +28,7 @@ run: setup
 test: setup
 	$(PY) -m pytest tests
 	rm -rf runs/notebooks
-	$(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks/
+	WANLITE_HEADLESS=1 $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks/
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -178,11 +179,13 @@ class DistillResult:
         return [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines() if line]
 
     def plot(self):
-        """Training loss components and held-out velocity error over steps."""
-        import matplotlib.pyplot as plt
+        """Training loss components and held-out velocity error over steps (a Figure outside pyplot: shown once
+        in a notebook, safe without a display)."""
+        from matplotlib.figure import Figure
 
         rows = self.metrics()
-        fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+        fig = Figure(figsize=(10, 3.5))
+        a, b = fig.subplots(1, 2)
         for key in ("loss", "out", "feat", "task"):
             pts = [(r["step"], r[key]) for r in rows if key in r]
             if pts:
@@ -201,7 +204,10 @@ class DistillResult:
 def _train_loop(acc, cfg: DistillConfig, teacher, student, optimizer, scheduler, ema, batches, val,
                 block_map, kept_channels, start: int, run: Path, log) -> dict:
     """Optimiser steps start..cfg.steps: data, teacher, student, loss, backward, clip, step, log, validate, save."""
-    from tqdm.auto import tqdm
+    if os.environ.get("WANLITE_HEADLESS") or os.environ.get("CI"):  # papermill, nbval, CI: a text bar
+        from tqdm import tqdm
+    else:
+        from tqdm.auto import tqdm
 
     objective = cfg.objective
     raw = acc.unwrap_model(student)

@@ -21,7 +21,7 @@ from safetensors import safe_open
 
 from . import keys as keymap
 from .errors import FormatError, SpecError
-from .io import TensorEntry, atomic_path, open_files, read_header, read_tensor, refuse_pickle, write_json
+from .io import _CHUNK, TensorEntry, atomic_path, open_files, read_header, read_tensor, refuse_pickle, write_json
 from .spec import COMFY_HEAD_DIM, WanSpec, block_indices
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -295,6 +295,7 @@ def materialize(source: WanSource, torch_dtype=None, device=None, cls=None):
     state = {}
     with open_files(source.tensors.values()) as handles, contextlib.ExitStack() as maps:
         mapped = {}  # same-dtype CPU loads are zero-copy views of the file (safetensors' memory map)
+        scratch = torch.empty(_CHUNK, dtype=torch.uint8)  # one conversion buffer for every tensor
         for official, entry in source.tensors.items():
             name = names[official]
             if tuple(entry.shape) != expected[name]:
@@ -309,7 +310,7 @@ def materialize(source: WanSource, torch_dtype=None, device=None, cls=None):
                     mapped[entry.file] = maps.enter_context(safe_open(entry.file, framework="pt"))
                 state[name] = mapped[entry.file].get_tensor(entry.name)
             else:  # convert one tensor at a time: the model plus one tensor of scratch, never the whole file
-                state[name] = read_tensor(entry, want, device, handles[entry.file])
+                state[name] = read_tensor(entry, want, device, handles[entry.file], scratch)
     model.load_state_dict(state, strict=True, assign=True)
     model.wanlite_source = source
     return model.eval()

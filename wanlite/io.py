@@ -90,9 +90,11 @@ def read_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
 _CHUNK = 4 * 1024 * 1024  # bytes of scratch for dtype conversion
 
 
-def read_tensor(entry: TensorEntry, dtype: torch.dtype | None = None, device=None, fh=None) -> torch.Tensor:
-    """Read one tensor straight into fresh memory. A dtype conversion streams through a few MB of scratch,
-    so converting a whole model costs the converted model and nothing more."""
+def read_tensor(entry: TensorEntry, dtype: torch.dtype | None = None, device=None, fh=None,
+                scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Read one tensor straight into fresh memory. A dtype conversion streams through `scratch` (a few MB of
+    bytes, reused across calls so the allocator never fragments), so converting a whole model costs the converted
+    model and nothing more."""
     dtype = dtype or entry.dtype
     out = torch.empty(entry.shape, dtype=dtype)
     own = fh is None
@@ -103,10 +105,10 @@ def read_tensor(entry: TensorEntry, dtype: torch.dtype | None = None, device=Non
         if dtype == entry.dtype:
             got = fh.readinto(flat.view(torch.uint8).numpy()) if out.numel() else 0
         else:
-            step = max(1, _CHUNK // entry.dtype.itemsize)
-            scratch, got = torch.empty(min(step, flat.numel()), dtype=entry.dtype), 0
+            buffer = (scratch if scratch is not None else torch.empty(_CHUNK, dtype=torch.uint8)).view(entry.dtype)
+            step, got = buffer.numel(), 0
             for i in range(0, flat.numel(), step):
-                part = scratch[: min(step, flat.numel() - i)]
+                part = buffer[: min(step, flat.numel() - i)]
                 got += fh.readinto(part.view(torch.uint8).numpy())
                 flat[i : i + part.numel()].copy_(part)
     finally:

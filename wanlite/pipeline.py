@@ -47,7 +47,11 @@ def load_params(path) -> dict:
 def run_pipeline(run: str = "toy", params: dict | str | Path | None = None, notebooks=NOTEBOOKS,
                  runs_dir="runs", only: list[str] | None = None) -> PipelineResult:
     """Execute notebooks/0*_*.ipynb in order into runs/<run>/; raise at the first failure with its cell."""
+    import os
+
     import papermill as pm
+
+    os.environ.setdefault("WANLITE_HEADLESS", "1")  # kernels inherit it: progress bars as text, no live widgets
 
     values = load_params(params) if isinstance(params, (str, Path)) else dict(params or {})
     run_dir = Path(runs_dir) / run
