@@ -253,8 +253,7 @@ def _inspect_legacy(folder: Path) -> WanSource:
                     f"WanLiteStudent used its own architecture): {err}",
                     "re-train the student with wanlite (a Wan-shaped student built from the teacher).") from None
     heads = cfg.get("num_heads")
-    spec = WanSpec.from_shapes({k: e.shape for k, e in entries.items()},
-                               num_heads=heads if heads and WanSpec is not None else None)
+    spec = WanSpec.from_shapes({k: e.shape for k, e in entries.items()}, num_heads=heads or None)
     for seed_name, name in (("hidden_size", "dim"), ("depth", "num_layers")):
         if seed_name in cfg and cfg[seed_name] != getattr(spec, name):
             raise _fail(folder / "student_config.json", f"{seed_name}={cfg[seed_name]} but the weights have "

@@ -70,6 +70,7 @@ def prompt_batch(teacher, teacher_path: str, prompts: int, seed: int = 0, frames
 def load_student(run_dir, teacher_path: str = "", device: str = "cpu", initial: bool = False):
     """The newest student of a run: distilled (02), else pruned (01), else a default half-depth student built
     from the teacher now (so a later notebook runs alone). `initial` skips the distilled one."""
+    from .formats import spec_of
     from .prune import Recipe
     from .student import WanLiteStudent
 
@@ -78,18 +79,10 @@ def load_student(run_dir, teacher_path: str = "", device: str = "cpu", initial: 
         if (run_dir / name / "config.json").exists():
             return WanLiteStudent.from_pretrained(run_dir / name, device=device)
     teacher = load_teacher(teacher_path, run_dir)
-    spec = teacher.spec if hasattr(teacher, "spec") else None
-    layers = (spec or _spec(teacher)).num_layers
-    recipe = Recipe(num_blocks=max(1, layers // 2), width_selection="magnitude")
+    recipe = Recipe(num_blocks=max(1, spec_of(teacher).num_layers // 2), width_selection="magnitude")
     student = WanLiteStudent.from_teacher(teacher, recipe)
     print(f"no student in {run_dir}: built a default one ({recipe}) from the teacher")
     return student.to(device)
-
-
-def _spec(model):
-    from .formats import spec_of
-
-    return spec_of(model)
 
 
 def pruning_of(student, run_dir=None):
@@ -133,10 +126,11 @@ def prompt_contexts(teacher, teacher_path: str, prompts: list[str], seed: int = 
     """(contexts [P, L, D], the negative context [1, L, D]) for prompts: the toy text encoder for the toy teacher;
     seeded random umT5-shaped embeddings otherwise (bring real umT5 embeddings for a real teacher)."""
     from . import toy
+    from .formats import spec_of
 
     if is_toy(teacher_path):
         return toy.encode_text(prompts), toy.encode_text([""])
-    spec = _spec(teacher)
+    spec = spec_of(teacher)
     g = torch.Generator().manual_seed(seed)
     context = torch.zeros(len(prompts), spec.text_len, spec.text_dim)
     context[:, :16] = torch.randn(len(prompts), 16, spec.text_dim, generator=g)
