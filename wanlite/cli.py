@@ -42,15 +42,13 @@ def _convert(args) -> int:
 
 
 def _compare(args) -> int:
-    import dataclasses
-
-    from .compare import CompareConfig, compare_paths
+    from .compare import compare_paths
+    from .formats import parse_dtype
 
     given = {k: v for k, v in dict(steps=args.steps, guidance=args.guidance, shift=args.shift,
                                    scheduler=args.scheduler, repeats=args.repeats).items() if v is not None}
-    config = dataclasses.replace(CompareConfig(), **given) if given else None
     comparison = compare_paths(args.teacher, args.student, prompts=args.prompts, out_dir=args.out, vae=args.vae,
-                               run_dir=args.run_dir, config=config)
+                               run_dir=args.run_dir, overrides=given, torch_dtype=parse_dtype(args.dtype))
     print(repr(comparison))
     return 0
 
@@ -89,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shift", type=float, help="flow shift of the schedule")
     p.add_argument("--scheduler", choices=["unipc", "euler"])
     p.add_argument("--repeats", type=int, help="timed forwards per model")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="both models run in this dtype")
     p.add_argument("--vae", help="a local diffusers AutoencoderKLWan directory (pixel PSNR/SSIM)")
     p.add_argument("--run-dir", help="a distillation run directory: its loss curves go in the report")
     p.set_defaults(run=_compare)

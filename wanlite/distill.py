@@ -560,10 +560,12 @@ def distill(config: DistillConfig | str | Path | None = None, *, teacher=None, s
             ema.copy_to(final.parameters())
         path = None
         if cfg.export:
-            teacher_name = cfg.teacher or (source.meta.get("teacher") or f"targets {source.path}" if targets
-                                           else f"{type(teacher).__name__} object")
-            provenance = {"teacher": teacher_name, "recipe": cfg.recipe,
-                          "pruning": repr(pruning) if pruning is not None else None, "block_map": block_map,
+            started = getattr(final, "provenance", None) or {}  # a WanLiteStudent knows how it was pruned
+            teacher_name = cfg.teacher or started.get("teacher") or (
+                source.meta.get("teacher") or f"targets {source.path}" if targets else f"{type(teacher).__name__} object")
+            provenance = {"teacher": teacher_name, "recipe": cfg.recipe or started.get("recipe"),
+                          "pruning": pruning.to_dict() if pruning is not None else started.get("pruning"),
+                          "kept_blocks": list(block_map) if block_map is not None else started.get("kept_blocks"),
                           "steps": cfg.steps, "data": str(cfg.data if data is None else data),
                           "final_metrics": validation[-1] if validation else {}, "final_losses": last,
                           "distill_config": cfg.to_dict()}

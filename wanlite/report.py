@@ -3,6 +3,8 @@ and `compare_paths`, what `wanlite compare TEACHER STUDENT --out DIR` runs."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import html
 import json
 import math
@@ -154,7 +156,7 @@ def _toy_bundle(path) -> Path | None:
 def compare_paths(teacher_path, student_path, prompts: Sequence[str] | None = None, out_dir="report", *, vae=None,
                   contexts: torch.Tensor | None = None, negative_context: torch.Tensor | None = None, text_encoder=None,
                   run_dir=None, config: CompareConfig | None = None, kept_blocks: Sequence[int] | None = None,
-                  device=None, torch_dtype=None, write: bool = True) -> Comparison:
+                  device=None, torch_dtype=torch.float32, write: bool = True, overrides: dict | None = None) -> Comparison:
     """Load teacher and student (any Wan layout), compare them and write the report to `out_dir`.
 
     `vae`: an object with `decode`, or the path of a local diffusers AutoencoderKLWan (pixel PSNR/SSIM).
@@ -177,6 +179,8 @@ def compare_paths(teacher_path, student_path, prompts: Sequence[str] | None = No
                                    frames=(world.get("frames", 17) - 1) // 4 + 1, height=world.get("height", 64) // 8,
                                    width=world.get("width", 64) // 8)
     config = config if config is not None else CompareConfig()
+    if overrides:  # e.g. the CLI's --steps: on top of the toy bundle's settings, not instead of them
+        config = dataclasses.replace(config, **overrides)
     if isinstance(vae, (str, Path)):
         vae = load_diffusers_vae(vae, device=device)
     sources = {name: inspect_wan(p) for name, p in (("teacher", teacher_path), ("student", student_path))}
