@@ -206,3 +206,34 @@ def test_command_line_builds_the_student_from_a_recipe_and_resumes_with_one_flag
     assert latest_checkpoint(tmp_path / "run").name == "step-0000004"
     card = (tmp_path / "run" / "student" / "README.md").read_text()
     assert "recipe" in card and "final_metrics" in card and (tmp_path / "run" / "pruning.json").is_file()
+
+
+def test_live_plot_redraws_in_place_and_stays_silent_headless(tmp_path, monkeypatch):
+    from unittest import mock
+
+    from wanlite.distill import LivePlot
+
+    shown = []
+
+    class Handle:
+        def update(self, figure):
+            shown.append("update")
+
+    def display(figure, display_id=True):
+        shown.append("display")
+        return Handle()
+
+    cfg = DistillConfig(run_dir=str(tmp_path / "run"), steps=4, val_every=2, log_every=1, checkpoint_every=0,
+                        progress=False, latent_shape=(16, 1, 4, 4), synthetic_samples=16, val_samples=2)
+    teacher, student = random_wan(tiny_spec(num_layers=2)), random_wan(tiny_spec(num_layers=1))
+    monkeypatch.delenv("WANLITE_HEADLESS", raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    with mock.patch("IPython.display.display", display):
+        live = LivePlot(every=2)
+        distill(cfg, teacher=teacher, student=student, block_map=[0], on_log=live)
+    assert shown[0] == "display" and set(shown[1:]) == {"update"} and len(shown) >= 3
+    assert [r["step"] for r in live.rows if "loss" in r] == [1, 2, 3, 4]
+    monkeypatch.setenv("WANLITE_HEADLESS", "1")
+    quiet = LivePlot()
+    quiet({"step": 0, "val/rel_err": 1.0})
+    assert quiet.handle is None and len(shown) >= 3

@@ -179,25 +179,54 @@ class DistillResult:
         return [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines() if line]
 
     def plot(self):
-        """Training loss components and held-out velocity error over steps (a Figure outside pyplot: shown once
-        in a notebook, safe without a display)."""
-        from matplotlib.figure import Figure
+        """Training loss components and held-out velocity error over steps."""
+        return metrics_figure(self.metrics())
 
-        rows = self.metrics()
-        fig = Figure(figsize=(10, 3.5))
-        a, b = fig.subplots(1, 2)
-        for key in ("loss", "out", "feat", "task"):
-            pts = [(r["step"], r[key]) for r in rows if key in r]
-            if pts:
-                a.plot(*zip(*pts), label=key)
-        a.set(yscale="log", xlabel="step", title="training loss"), a.legend()
-        for key in [k for k in (rows[-1] if rows else {}) if k.startswith("val/rel_err")] or ["val/rel_err"]:
-            pts = [(r["step"], r[key]) for r in rows if key in r]
-            if pts:
-                b.plot(*zip(*pts), label=key[4:])
-        b.set(xlabel="step", title="held-out relative velocity error"), b.legend(fontsize=7)
-        fig.tight_layout()
-        return fig
+
+def metrics_figure(rows: list[dict]):
+    """Loss terms and held-out velocity error (overall and per sigma bucket) of metrics.jsonl rows: a Figure
+    outside pyplot, so a notebook shows it once and no display is needed."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.5))
+    a, b = fig.subplots(1, 2)
+    for key in ("loss", "out", "feat", "task"):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        if pts:
+            a.plot(*zip(*pts), label=key)
+    a.set(yscale="log", xlabel="step", title="training loss")
+    if a.lines:
+        a.legend()
+    for key in [k for k in (rows[-1] if rows else {}) if k.startswith("val/rel_err")] or ["val/rel_err"]:
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        if pts:
+            b.plot(*zip(*pts), label=key[4:])
+    b.set(xlabel="step", title="held-out relative velocity error")
+    if b.lines:
+        b.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+class LivePlot:
+    """Pass as `distill(..., on_log=LivePlot())`: the loss and validation figure redraws in place in a notebook
+    while the run goes. Silent headless (papermill, nbval, CI), where `result.plot()` shows the same curves."""
+
+    def __init__(self, every: int = 20):
+        self.rows, self.every, self.handle = [], every, None
+        self.live = not (os.environ.get("WANLITE_HEADLESS") or os.environ.get("CI"))
+
+    def __call__(self, record: dict) -> None:
+        self.rows.append(record)
+        if not self.live or ("val/rel_err" not in record and record["step"] % self.every):
+            return
+        from IPython.display import display
+
+        figure = metrics_figure(self.rows)
+        if self.handle is None:
+            self.handle = display(figure, display_id=True)
+        else:
+            self.handle.update(figure)
 
 
 # ------------------------------------------------------------------ the loop
@@ -458,9 +487,10 @@ def _models(cfg: DistillConfig, teacher, student, block_map, kept_channels, need
 
 def distill(config: DistillConfig | str | Path | None = None, *, teacher=None, student=None, data=None,
             block_map: list[int] | None = None, kept_channels: torch.Tensor | None = None, resume: bool = False,
-            **overrides) -> DistillResult:
+            on_log=None, **overrides) -> DistillResult:
     """Train `student` to match `teacher` (objects, or paths in the config); see the module docstring.
 
+    `on_log(record)` sees every metrics line as it is written (e.g. `LivePlot()` for a live figure).
     `resume=True` continues from the run directory's newest checkpoint (or starts fresh when it has none);
     without it, a run directory that already holds checkpoints is an error, never overwritten."""
     from accelerate import Accelerator
@@ -546,6 +576,8 @@ def distill(config: DistillConfig | str | Path | None = None, *, teacher=None, s
             with metrics.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
             acc.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}, step=record["step"])
+            if on_log is not None:
+                on_log(record)
 
     if start == 0:
         log({"step": 0, **{f"val/{k}": v for k, v in _validate(acc, student, ema, val).items()}})
