@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import DestinationExistsError, FormatError, WanliteError
+from .io import swap_into_place
 
 FORMAT = "wanlite-data"
 KINDS = ("latents", "trajectory", "targets", "synthetic")
@@ -126,9 +127,7 @@ class ShardWriter:
         manifest = {"format": FORMAT, "version": 1, "kind": self.kind, "count": self.count, "shards": self.shards,
                     "shapes": {k: list(v) for k, v in self.shapes.items()}, "meta": self.meta}
         (self.tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if self.out.exists():
-            shutil.rmtree(self.out)
-        os.replace(self.tmp, self.out)
+        swap_into_place(self.tmp, self.out)
         return self.out
 
     def __enter__(self) -> "ShardWriter":

@@ -155,10 +155,16 @@ def atomic_path(out: Path, overwrite: bool = False, is_dir: bool = True) -> Iter
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True) if is_dir else tmp.unlink(missing_ok=True)
         raise
-    if not is_dir:
+    if is_dir:
+        swap_into_place(tmp, out)
+    else:
         os.replace(tmp, out)
-        return
-    old = out.parent / f".{out.name}.wanlite-old-{tag}"
+
+
+def swap_into_place(tmp: Path, out: Path) -> None:
+    """Move a finished directory `tmp` to `out`; an existing `out` is set aside first and removed only after the
+    new one is in place, so a crash never leaves half of either."""
+    old = out.parent / f".{out.name}.wanlite-old-{uuid.uuid4().hex[:8]}"
     if out.exists():
         out.rename(old)
     tmp.rename(out)

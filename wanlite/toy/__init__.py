@@ -11,7 +11,7 @@ prompt "" as negative context. `python -m wanlite.toy train|eval|show` makes, sc
 """
 
 from .adherence import Adherence, Description, adherence, describe
-from .teacher import (TeacherConfig, TrainResult, build, evaluate, generate, info, load_vae, save, shifted_sigmas,
+from .teacher import (TeacherConfig, TrainResult, build, evaluate, generate, info, load_vae, save,
                       teacher, train)
 from .show import filmstrip, save_gif
 from .text import encode_text
@@ -20,5 +20,5 @@ from .world import COLOURS, DIRECTIONS, SHAPES, Caption, WorldConfig, batch, cap
 
 __all__ = ["Adherence", "Caption", "COLOURS", "DIRECTIONS", "Description", "SHAPES", "TeacherConfig", "ToyVAE",
            "TrainResult", "WorldConfig", "adherence", "batch", "build", "captions", "describe", "encode_text",
-           "evaluate", "filmstrip", "generate", "info", "load_vae", "parse", "render", "save", "save_gif", "shifted_sigmas",
+           "evaluate", "filmstrip", "generate", "info", "load_vae", "parse", "render", "save", "save_gif",
            "teacher", "train"]

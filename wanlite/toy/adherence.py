@@ -16,22 +16,13 @@ import math
 import torch
 
 from ..errors import WanliteError
-from .world import COLOURS, SHAPES, WorldConfig, _mask, parse
+from .world import COLOURS, SHAPES, Caption, WorldConfig, _mask, parse
 
 THRESHOLD = 0.35  # a pixel belongs to the object when some channel differs from the background by more
 MIN_PIXELS = 20  # fewer object pixels than this in a frame: nothing there
 
 
-@dataclass(frozen=True)
-class Description:
-    """What a clip shows, as read by `describe` ('none' where nothing was found)."""
-
-    colour: str
-    shape: str
-    direction: str
-
-    def __str__(self) -> str:
-        return f"{self.colour} {self.shape} moving {self.direction}"
+Description = Caption  # what a clip shows, as read by `describe` ('none' where nothing was found)
 
 
 def _shape_scores(frame_mask: torch.Tensor) -> torch.Tensor | None:

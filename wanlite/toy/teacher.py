@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..losses import shift_sigma
 from ..errors import WanliteError
 from ..spec import WanSpec
 from .adherence import Adherence, adherence
@@ -88,11 +89,6 @@ def build(config: TeacherConfig = TeacherConfig(), device: str = "cpu"):
     return model.to(device)
 
 
-def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
-    """Wan's shifted noise level: s' = shift s / (1 + (shift - 1) s)."""
-    return shift * u / (1 + (shift - 1) * u)
-
-
 def _lr(step: int, config: TeacherConfig) -> float:
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
@@ -126,7 +122,7 @@ def train(config: TeacherConfig = TeacherConfig(), vae: ToyVAE | None = None, wo
         context = torch.stack([vocab["" if d else n] for n, d in zip(names, drop.tolist())])
         # flow matching: x_t = (1 - s) x0 + s eps, target eps - x0, timestep s * 1000
         eps = torch.randn(x0.shape, generator=g)
-        sigma = shifted_sigmas(torch.rand(config.batch, generator=g), config.shift)
+        sigma = shift_sigma(torch.rand(config.batch, generator=g), config.shift)
         s = sigma.view(-1, 1, 1, 1, 1)
         xt = (1 - s) * x0 + s * eps
         for group in opt.param_groups:
