@@ -9,7 +9,7 @@ PARAMS ?= params/toy.yaml
 # (on this project's machines its wheel lies on disk); a GPU machine gets PyPI's default CUDA build.
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || echo "torch==2.13.0")
 
-.PHONY: setup run test lab bench toy-teacher clean
+.PHONY: setup run test lint lab bench toy-teacher clean
 
 setup: $(VENV)/.installed
 
@@ -26,9 +26,15 @@ run: setup
 	$(PY) -m wanlite.pipeline --run $(RUN) --params $(PARAMS)
 
 test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest tests
 	rm -rf runs/notebooks
 	WANLITE_HEADLESS=1 $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks/
+
+lint: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

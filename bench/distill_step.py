@@ -1,9 +1,9 @@
 """Distillation step benchmark: is the loop's own overhead small, and does the teacher-target cache pay?
 
 For a tiny config and a 1.3B-width 2-block teacher (student: 50% depth, same width):
-  * time per training step inside `wanlite.distill` vs the sum of its parts timed separately in the same
-    process on the same shapes (each the fastest of its repeats: robust on a shared CPU): teacher forward + student forward/backward
-    (with the loss) + optimiser step (with gradient clipping). Target: overhead <= 10%.
+  * time per training step inside `wanlite.train.distill` vs the sum of its parts timed separately in the same
+    process on the same shapes (each the fastest of its repeats: robust on a shared CPU): teacher forward +
+    student forward/backward (with the loss) + optimiser step (with gradient clipping). Target: overhead <= 10%.
   * steps/s training from a teacher-target cache (no teacher) vs the live teacher. Target: cache >= 1.2x.
 `--mfu` (GPU): a 1.3B-shape distillation step in bf16 (teacher 30 blocks, student 15, 81 frames at 480p):
 tokens/s and model-FLOPs utilisation against the H100/H200 dense bf16 peak (989 TFLOP/s). Target >= 35%.
@@ -25,10 +25,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wanlite.data import SyntheticSource, write_teacher_targets  # noqa: E402
-from wanlite.distill import DistillConfig, distill, place  # noqa: E402
-from wanlite.losses import Objective, distill_loss, forward, model_inputs  # noqa: E402
-from wanlite.spec import WanSpec  # noqa: E402
+from wanlite.core.flow import wan_forward  # noqa: E402
+from wanlite.formats.spec import WanSpec  # noqa: E402
+from wanlite.train import DistillConfig, distill, write_teacher_targets  # noqa: E402
+from wanlite.train.data import SyntheticSource  # noqa: E402
+from wanlite.train.inputs import forward_args  # noqa: E402
+from wanlite.train.objectives import Noising, model_inputs  # noqa: E402
+from wanlite.train.objectives.velocity import velocity_loss  # noqa: E402
+from wanlite.train.optim import place  # noqa: E402
 
 PEAK_BF16 = 989e12  # H100/H200 SXM dense bf16 tensor-core peak, FLOP/s
 
@@ -82,29 +86,29 @@ def parts(teacher, student, source, cfg: DistillConfig, device, reps: int) -> di
     """Teacher forward, student forward+loss+backward, optimiser step (with clipping): each timed alone."""
     import contextlib
 
-    objective = cfg.objective
     batch = {k: torch.stack([source[i][k] for i in range(cfg.batch_size)]) for k in source[0]}
-    inputs = model_inputs(batch, list(range(cfg.batch_size)), 0, objective, device)
+    inputs = model_inputs(batch, list(range(cfg.batch_size)), 0, Noising.of(cfg), device)
     tdtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     teacher = place(teacher, device, tdtype)
     teacher.requires_grad_(False)
+
     def autocast():  # what accelerate's bf16 mixed precision does around the student's forward
         return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
     with torch.inference_mode():
-        v_t = forward(teacher, inputs, tdtype).float()
+        v_t = wan_forward(teacher, **forward_args(inputs))
     v_t = v_t.clone()
     opt = torch.optim.AdamW(student.parameters(), lr=1e-6)
 
     def teacher_forward():
         with torch.inference_mode():
-            forward(teacher, inputs, tdtype)
+            wan_forward(teacher, **forward_args(inputs))
 
     def student_step():  # grads freed first, as the loop's zero_grad(set_to_none=True) leaves them
         student.zero_grad(set_to_none=True)
         with autocast():
-            v_s = forward(student, inputs)
-        distill_loss(v_s, v_t, objective, task_target=inputs["task"]).total.backward()
+            v_s = wan_forward(student, **forward_args(inputs))
+        velocity_loss(cfg, v_s, v_t, {}, {}, [], None, inputs["task"]).total.backward()
 
     def opt_step():  # the update: clip + AdamW step
         torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
@@ -124,33 +128,76 @@ def loop_step_time(result, best: bool = True) -> float:
     return min(rows) if best else statistics.median(rows)
 
 
-def case(name: str, spec: WanSpec, teacher_layers: int, latent_shape, text_len: int, steps: int, device, tmp: Path,
-         reps: int, rounds: int = 3) -> dict:
+def case(
+    name: str,
+    spec: WanSpec,
+    teacher_layers: int,
+    latent_shape,
+    text_len: int,
+    steps: int,
+    device,
+    tmp: Path,
+    reps: int,
+    rounds: int = 3,
+) -> dict:
     teacher = build(spec, teacher_layers, device)
     keep = [round(i * (teacher_layers - 1) / max(teacher_layers // 2 - 1, 1)) for i in range(teacher_layers // 2)]
     n = steps * 1 + 4
     source = SyntheticSource(n=n, latent_shape=latent_shape, text_tokens=16, text_len=text_len)
-    cfg = DistillConfig(steps=steps, batch_size=1, lr=1e-6, val_samples=2, val_every=0, log_every=1,
-                        checkpoint_every=-1, export=False, progress=False)
-    cache = write_teacher_targets(teacher, source, tmp / f"{name}-targets", Objective(), batch_size=1,
-                                  dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    cfg = DistillConfig(
+        steps=steps,
+        batch_size=1,
+        lr=1e-6,
+        val_samples=2,
+        val_every=0,
+        log_every=1,
+        checkpoint_every=-1,
+        export=False,
+        progress=False,
+    )
+    cache = write_teacher_targets(
+        teacher,
+        source,
+        tmp / f"{name}-targets",
+        Noising.of(cfg),
+        batch_size=1,
+        dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+    )
     piece, t_live, t_cache = {}, float("inf"), float("inf")
     for r in range(rounds):  # alternate the three so that a shared machine's load drifts hit them alike
         p = parts(teacher, depth_student(teacher, keep), source, cfg, device, reps)
         piece = {k: min(v, piece.get(k, float("inf"))) for k, v in p.items()}
-        live = distill(cfg.replace(run_dir=str(tmp / f"{name}-live-{r}")), teacher=teacher,
-                       student=depth_student(teacher, keep), data=source, block_map=keep)
+        live = distill(
+            cfg.replace(run_dir=str(tmp / f"{name}-live-{r}")),
+            teacher=teacher,
+            student=depth_student(teacher, keep),
+            data=source,
+            block_map=keep,
+        )
         t_live = min(t_live, loop_step_time(live))
-        cached = distill(cfg.replace(run_dir=str(tmp / f"{name}-cache-{r}"), data=str(cache)),  # no teacher
-                         student=depth_student(teacher, keep), block_map=keep)
+        cached = distill(
+            cfg.replace(run_dir=str(tmp / f"{name}-cache-{r}"), data=str(cache)),  # no teacher
+            student=depth_student(teacher, keep),
+            block_map=keep,
+        )
         t_cache = min(t_cache, loop_step_time(cached))
     total = sum(piece.values())
-    row = dict(name=name, step=t_live, parts=piece, sum=total, overhead=t_live / total - 1, cache_step=t_cache,
-               cache_speedup=t_live / t_cache)
-    print(f"{name}: step {t_live * 1e3:.1f} ms vs parts {total * 1e3:.1f} ms (teacher {piece['teacher'] * 1e3:.1f}, "
-          f"student fwd+bwd {piece['student'] * 1e3:.1f}, optimiser {piece['optimizer'] * 1e3:.1f}) -> overhead "
-          f"{row['overhead']:+.1%}; cached-targets step {t_cache * 1e3:.1f} ms -> {row['cache_speedup']:.2f}x "
-          f"steps/s vs live teacher", flush=True)
+    row = dict(
+        name=name,
+        step=t_live,
+        parts=piece,
+        sum=total,
+        overhead=t_live / total - 1,
+        cache_step=t_cache,
+        cache_speedup=t_live / t_cache,
+    )
+    print(
+        f"{name}: step {t_live * 1e3:.1f} ms vs parts {total * 1e3:.1f} ms (teacher {piece['teacher'] * 1e3:.1f}, "
+        f"student fwd+bwd {piece['student'] * 1e3:.1f}, optimiser {piece['optimizer'] * 1e3:.1f}) -> overhead "
+        f"{row['overhead']:+.1%}; cached-targets step {t_cache * 1e3:.1f} ms -> {row['cache_speedup']:.2f}x "
+        f"steps/s vs live teacher",
+        flush=True,
+    )
     return row
 
 
@@ -164,7 +211,9 @@ def model_flops(spec: WanSpec, layers: int, tokens: int, text_len: int) -> float
     return blocks + embed
 
 
-def mfu(tmp: Path, device, spec: WanSpec = WanSpec(), layers: int = 30, latent=(16, 21, 60, 104), steps: int = 8) -> dict:
+def mfu(
+    tmp: Path, device, spec: WanSpec = WanSpec(), layers: int = 30, latent=(16, 21, 60, 104), steps: int = 8
+) -> dict:
     """A 1.3B-shape bf16 distillation step on one GPU: teacher 30 blocks, student 15 (50% depth), 81 frames at
     480x832 (32,760 tokens), 512 text tokens. Retries with gradient checkpointing if activations do not fit."""
     cuda = device.type == "cuda"
@@ -180,26 +229,47 @@ def mfu(tmp: Path, device, spec: WanSpec = WanSpec(), layers: int = 30, latent=(
             if cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
-            cfg = DistillConfig(run_dir=str(tmp / f"mfu-{ckpt}"), steps=steps, batch_size=1, lr=1e-6, val_samples=1,
-                                val_every=0, log_every=1, checkpoint_every=-1, export=False, progress=False,
-                                gradient_checkpointing=ckpt)
+            cfg = DistillConfig(
+                run_dir=str(tmp / f"mfu-{ckpt}"),
+                steps=steps,
+                batch_size=1,
+                lr=1e-6,
+                val_samples=1,
+                val_every=0,
+                log_every=1,
+                checkpoint_every=-1,
+                export=False,
+                progress=False,
+                gradient_checkpointing=ckpt,
+            )
             result = distill(cfg, teacher=teacher, student=depth_student(teacher, keep), data=source, block_map=keep)
             break
         except torch.OutOfMemoryError:
             print("out of memory without gradient checkpointing; retrying with it", flush=True)
     step = loop_step_time(result, best=False)
     useful = model_flops(spec, layers, tokens, text_len) + 3 * model_flops(spec, half, tokens, text_len)
-    row = dict(step=step, tokens_per_s=tokens / step, tflops=useful / step / 1e12, mfu=useful / step / PEAK_BF16,
-               peak_gb=torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0, checkpointing=ckpt)
-    print(f"1.3B-shape bf16 step ({tokens} tokens, teacher {layers} + student {half} blocks, gradient checkpointing "
-          f"{ckpt}): median {step:.3f} s, {row['tokens_per_s']:.0f} tokens/s, {row['tflops']:.0f} model TFLOP/s = "
-          f"MFU {row['mfu']:.1%} of 989 TFLOP/s, peak memory {row['peak_gb']:.1f} GiB", flush=True)
+    row = dict(
+        step=step,
+        tokens_per_s=tokens / step,
+        tflops=useful / step / 1e12,
+        mfu=useful / step / PEAK_BF16,
+        peak_gb=torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
+        checkpointing=ckpt,
+    )
+    print(
+        f"1.3B-shape bf16 step ({tokens} tokens, teacher {layers} + student {half} blocks, gradient checkpointing "
+        f"{ckpt}): median {step:.3f} s, {row['tokens_per_s']:.0f} tokens/s, {row['tflops']:.0f} model TFLOP/s = "
+        f"MFU {row['mfu']:.1%} of 989 TFLOP/s, peak memory {row['peak_gb']:.1f} GiB",
+        flush=True,
+    )
     return row
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest for tiny models on a shared CPU)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads (1 is fastest for tiny models on a shared CPU)"
+    )
     parser.add_argument("--mfu", action="store_true", help="also the 1.3B-shape bf16 MFU step (needs a GPU)")
     parser.add_argument("--skip-wide", action="store_true", help="only the tiny config")
     args = parser.parse_args()

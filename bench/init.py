@@ -52,8 +52,8 @@ def main(argv=None) -> int:
     torch.set_grad_enabled(False)
     from diffusers import WanTransformer3DModel
 
-    from wanlite.prune import Recipe, build_student, calibrate
-    from wanlite.spec import WanSpec
+    from wanlite.compress import Recipe, build_student, calibrate
+    from wanlite.formats.spec import WanSpec
 
     gib = 2**30
     mem = PeakRSS()
@@ -72,16 +72,20 @@ def main(argv=None) -> int:
     t_forward = time.perf_counter() - t
     teacher_bytes = nbytes(teacher)
     block_bytes = nbytes(teacher.blocks[0])
-    print(f"teacher: {spec}; weights {teacher_bytes / gib:.2f} GiB fp32; created in {t_create:.1f} s; "
-          f"forward at {args.tokens} tokens {t_forward:.1f} s")
+    print(
+        f"teacher: {spec}; weights {teacher_bytes / gib:.2f} GiB fp32; created in {t_create:.1f} s; "
+        f"forward at {args.tokens} tokens {t_forward:.1f} s"
+    )
 
     mem.reset()
     t = time.perf_counter()
     cal = calibrate(teacher, batch, sigmas=args.sigmas, skip_blocks=args.skip_blocks, use_cache=False)
     t_cal = time.perf_counter() - t
     peak_cal = mem.peak
-    print(f"calibrate: 1 sample x {len(args.sigmas)} sigmas{' + skip scores' if args.skip_blocks else ''}: "
-          f"{t_cal:.1f} s ({t_cal / t_forward:.1f} teacher forwards), peak RSS {peak_cal / gib:.2f} GiB")
+    print(
+        f"calibrate: 1 sample x {len(args.sigmas)} sigmas{' + skip scores' if args.skip_blocks else ''}: "
+        f"{t_cal:.1f} s ({t_cal / t_forward:.1f} teacher forwards), peak RSS {peak_cal / gib:.2f} GiB"
+    )
 
     recipe = Recipe.from_fractions(spec, depth=0.5, width=0.5, blocks="importance")
     before = mem.reset()
@@ -96,15 +100,19 @@ def main(argv=None) -> int:
     mem.stop()
     target = base + 1.15 * (teacher_bytes + student_bytes + block_bytes)
     print(f"build: {pruning}")
-    print(f"build: {t_build:.1f} s; RSS before {before / gib:.2f} GiB, peak {peak_build / gib:.2f} GiB "
-          f"(process start {base / gib:.2f} GiB + teacher {teacher_bytes / gib:.2f} + student {student_bytes / gib:.2f} "
-          f"+ block {block_bytes / gib:.2f} GiB, x1.15 -> target {target / gib:.2f} GiB)")
+    print(
+        f"build: {t_build:.1f} s; RSS before {before / gib:.2f} GiB, peak {peak_build / gib:.2f} GiB "
+        f"(process start {base / gib:.2f} GiB + teacher {teacher_bytes / gib:.2f} + student {student_bytes / gib:.2f} "
+        f"+ block {block_bytes / gib:.2f} GiB, x1.15 -> target {target / gib:.2f} GiB)"
+    )
     print(f"student forward at {args.tokens} tokens: {t_student:.2f} s ({t_forward / t_student:.1f}x faster)")
     ok = peak_build <= target
-    print(f"SUMMARY {'PASS' if ok else 'FAIL'}: {args.layers}-layer 1.3B-shape teacher ({teacher_bytes / gib:.2f} GiB, "
-          f"forward {t_forward:.1f} s) -> calibrate {t_cal:.1f} s, build {t_build:.1f} s, peak RSS build "
-          f"{peak_build / gib:.2f} GiB <= target {target / gib:.2f} GiB; student {student_bytes / gib:.2f} GiB, "
-          f"forward {t_student:.2f} s")
+    print(
+        f"SUMMARY {'PASS' if ok else 'FAIL'}: {args.layers}-layer 1.3B-shape teacher ({teacher_bytes / gib:.2f} GiB, "
+        f"forward {t_forward:.1f} s) -> calibrate {t_cal:.1f} s, build {t_build:.1f} s, peak RSS build "
+        f"{peak_build / gib:.2f} GiB <= target {target / gib:.2f} GiB; student {student_bytes / gib:.2f} GiB, "
+        f"forward {t_student:.2f} s"
+    )
     return 0 if ok else 1
 
 

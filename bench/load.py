@@ -1,9 +1,10 @@
 """Loading a 1.3B-shape Wan file: wanlite's load_wan vs diffusers' from_single_file vs construct+load_state_dict.
 
 Each load runs in a fresh process and touches every weight (a model ready to run); each loader runs twice,
-interleaved with the others, and the faster run counts (the first reader of a file pays the page cache). Peak RSS is reported raw and
-net of the process's RSS after imports (what the load itself costs). Targets: same-dtype loads no slower and no
-larger than diffusers' and <= 1.15x the file size (net); dtype-converting loads <= 1.15x the loaded model (net).
+interleaved with the others, and the faster run counts (the first reader of a file pays the page cache). Peak RSS
+is reported raw and net of the process's RSS after imports (what the load itself costs). Targets: same-dtype loads
+no slower and no larger than diffusers' and <= 1.15x the file size (net); dtype-converting loads <= 1.15x the
+loaded model (net).
 Usage: python bench/load.py [--layers 30] [--keep DIR]
 """
 
@@ -32,7 +33,7 @@ if how == "load_wan":
 elif how == "diffusers":
     model = WanTransformer3DModel.from_single_file(file, config=config_dir, torch_dtype=dtype)
 else:  # construct, then load_state_dict
-    from wanlite import keys
+    from wanlite.formats import keys
     cfg = WanTransformer3DModel.load_config(config_dir)
     model = WanTransformer3DModel.from_config(cfg).to(dtype)
     model.load_state_dict(keys.to_diffusers(load_file(file)))
@@ -49,8 +50,8 @@ def write_files(folder: Path, layers: int):
     from diffusers import WanTransformer3DModel
     from safetensors.torch import save_file
 
-    from wanlite import keys
-    from wanlite.spec import WanSpec
+    from wanlite.formats import keys
+    from wanlite.formats.spec import WanSpec
 
     spec = WanSpec("t2v", 1536, 8960, 12, layers, 16, 16)
     with init_empty_weights():
@@ -70,8 +71,9 @@ def write_files(folder: Path, layers: int):
 
 
 def measure(how, file, config_dir, dtype):
-    out = subprocess.run([sys.executable, "-c", CHILD, how, str(file), str(config_dir), dtype],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, how, str(file), str(config_dir), dtype], capture_output=True, text=True
+    )
     if out.returncode:
         raise SystemExit(f"{how} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -86,10 +88,16 @@ def main():
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     files, config_dir, spec = write_files(folder, args.layers)
-    print(f"wrote {spec} files in {time.perf_counter() - t0:.0f}s: "
-          + ", ".join(f"{k} {f.stat().st_size / 1e9:.2f} GB" for k, f in files.items()))
-    cases = [("bf16", "bf16", ["load_wan", "diffusers", "construct"]), ("fp32", "fp32", ["load_wan", "diffusers"]),
-             ("bf16", "fp32", ["load_wan", "diffusers"]), ("fp32", "bf16", ["load_wan", "diffusers"])]
+    print(
+        f"wrote {spec} files in {time.perf_counter() - t0:.0f}s: "
+        + ", ".join(f"{k} {f.stat().st_size / 1e9:.2f} GB" for k, f in files.items())
+    )
+    cases = [
+        ("bf16", "bf16", ["load_wan", "diffusers", "construct"]),
+        ("fp32", "fp32", ["load_wan", "diffusers"]),
+        ("bf16", "fp32", ["load_wan", "diffusers"]),
+        ("fp32", "bf16", ["load_wan", "diffusers"]),
+    ]
     failures, summary = [], []
     print(f"{'file':>5} -> {'model':<5} {'loader':<10} {'s':>6} {'peak GB':>8} {'net GB':>7} {'net/ref':>8}")
     for file_dtype, model_dtype, loaders in cases:
@@ -104,18 +112,28 @@ def main():
         for how, r in results.items():
             ref = size if file_dtype == model_dtype else r["model_bytes"]
             r["ratio"] = (r["peak"] - r["base"]) / ref
-            print(f"{file_dtype:>5} -> {model_dtype:<5} {how:<10} {r['seconds']:6.1f} {r['peak'] / 1e9:8.2f} "
-                  f"{(r['peak'] - r['base']) / 1e9:7.2f} {r['ratio']:8.2f}")
+            print(
+                f"{file_dtype:>5} -> {model_dtype:<5} {how:<10} {r['seconds']:6.1f} {r['peak'] / 1e9:8.2f} "
+                f"{(r['peak'] - r['base']) / 1e9:7.2f} {r['ratio']:8.2f}"
+            )
         ours, theirs = results["load_wan"], results["diffusers"]
         label = f"{file_dtype}->{model_dtype}"
-        summary.append(f"{label} {ours['ratio']:.2f}x (diffusers {theirs['ratio']:.2f}x, time {ours['seconds'] / theirs['seconds']:.2f}x)")
+        summary.append(
+            f"{label} {ours['ratio']:.2f}x (diffusers {theirs['ratio']:.2f}x, "
+            f"time {ours['seconds'] / theirs['seconds']:.2f}x)"
+        )
         if ours["ratio"] > 1.15:
             failures.append(f"{label} peak {ours['ratio']:.2f}x > 1.15x")
-        if file_dtype == model_dtype and (ours["peak"] > theirs["peak"] * 1.02 or ours["seconds"] > theirs["seconds"] * 1.10):
+        if file_dtype == model_dtype and (
+            ours["peak"] > theirs["peak"] * 1.02 or ours["seconds"] > theirs["seconds"] * 1.10
+        ):
             failures.append(f"{label} not as lean/fast as diffusers")
     verdict = "PASS" if not failures else "FAIL: " + "; ".join(failures)
-    print(f"SUMMARY load ({args.layers} layers): net peak RSS / reference: " + " | ".join(summary)
-          + f" | target <= 1.15x and no worse than diffusers -> {verdict}")
+    print(
+        f"SUMMARY load ({args.layers} layers): net peak RSS / reference: "
+        + " | ".join(summary)
+        + f" | target <= 1.15x and no worse than diffusers -> {verdict}"
+    )
     sys.exit(1 if failures else 0)
 
 

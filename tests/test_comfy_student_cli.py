@@ -11,14 +11,17 @@ from safetensors.torch import save_file
 
 from wanlite import comfy, keys
 from wanlite.cli import main
+from wanlite.compress import WanLiteStudent
 from wanlite.errors import FormatError, SpecError
-from wanlite.formats import inspect_wan, load_wan, save_wan
-from wanlite.spec import OFFICIAL_FIELDS
-from wanlite.student import WanLiteStudent
+from wanlite.formats import inspect_wan, save_wan
+from wanlite.formats.spec import OFFICIAL_FIELDS
 from wanlite.testing import random_inputs, random_wan, tiny_spec
 
-CLASSES = {"t2v": ("WAN21_T2V", "Wan21 (16 channels)"), "i2v": ("WAN21_I2V", "Wan21 (16 channels)"),
-           "ti2v": ("WAN22_T2V", "Wan22 (48 channels)")}
+CLASSES = {
+    "t2v": ("WAN21_T2V", "Wan21 (16 channels)"),
+    "i2v": ("WAN21_I2V", "Wan21 (16 channels)"),
+    "ti2v": ("WAN22_T2V", "Wan22 (48 channels)"),
+}
 
 
 def test_comfy_loader_detects_class_and_matches(models, kind, tmp_path):
@@ -39,11 +42,23 @@ def test_comfy_prefix_and_diffusers_names(models, tmp_path):
     with pytest.raises(FormatError, match="(?s)Could not detect model type.*bare 'diffusion_model.' prefix"):
         comfy.check(tmp_path / "bare.safetensors")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "diffusers.safetensors")
-    with pytest.raises(FormatError, match=r"(?s)Could not detect model type.*diffusers-named.*wanlite convert .*--layout comfyui"):
+    with pytest.raises(
+        FormatError, match=r"(?s)Could not detect model type.*diffusers-named.*wanlite convert .*--layout comfyui"
+    ):
         comfy.check(tmp_path / "diffusers.safetensors")
     # ...and the suggested conversion works
-    assert main(["convert", str(tmp_path / "diffusers.safetensors"), str(tmp_path / "fixed.safetensors"),
-                 "--layout", "comfyui"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "diffusers.safetensors"),
+                str(tmp_path / "fixed.safetensors"),
+                "--layout",
+                "comfyui",
+            ]
+        )
+        == 0
+    )
     assert comfy.check(tmp_path / "fixed.safetensors").ok
 
 
@@ -67,8 +82,14 @@ def test_comfy_missing_norm3_and_uneven_ffn_are_errors(models, tmp_path):
     assert not report.ok and "blocks.0.norm3.weight" in report.missing and any("NaN" in w for w in report.warnings)
     with pytest.raises(FormatError, match="ComfyUI would mis-load"):
         comfy.load(tmp_path / "a.safetensors")
-    uneven = dict(official, **{"blocks.1.ffn.0.weight": torch.zeros(384, 256), "blocks.1.ffn.0.bias": torch.zeros(384),
-                               "blocks.1.ffn.2.weight": torch.zeros(256, 384)})
+    uneven = dict(
+        official,
+        **{
+            "blocks.1.ffn.0.weight": torch.zeros(384, 256),
+            "blocks.1.ffn.0.bias": torch.zeros(384),
+            "blocks.1.ffn.2.weight": torch.zeros(256, 384),
+        },
+    )
     save_file(uneven, tmp_path / "b.safetensors")
     report = comfy.check(tmp_path / "b.safetensors")
     assert report.mismatched and any("per-block FFN widths differ" in w for w in report.warnings)
@@ -104,9 +125,21 @@ def test_student_is_a_diffusers_wan_and_saves_as_wan(tmp_path, capsys):
 
 
 def test_seed_conventions():
-    old = WanLiteStudent({"model_type": "WanLiteStudent", "hidden_size": 256, "depth": 2, "num_heads": 2,
-                          "num_channels": 16, "ffn_dim": 512, "text_max_length": 512, "image_size": 480,
-                          "patch_size": 2, "text_encoder_output_dim": 4096}, device="cpu")
+    old = WanLiteStudent(
+        {
+            "model_type": "WanLiteStudent",
+            "hidden_size": 256,
+            "depth": 2,
+            "num_heads": 2,
+            "num_channels": 16,
+            "ffn_dim": 512,
+            "text_max_length": 512,
+            "image_size": 480,
+            "patch_size": 2,
+            "text_encoder_output_dim": 4096,
+        },
+        device="cpu",
+    )
     new = WanLiteStudent(hidden_size=256, depth=2, num_heads=2, num_channels=16, ffn_dim=512)
     assert old.spec == new.spec == tiny_spec("t2v")
     with pytest.raises(SpecError, match="image_size=100 must be a positive multiple of 16"):
@@ -117,11 +150,26 @@ def test_seed_conventions():
 
 def test_seed_example_gets_a_clear_error():
     with pytest.raises(SpecError) as err:
-        WanLiteStudent(model_type="WanLiteStudent", hidden_size=1024, depth=16, num_heads=16, num_channels=4,
-                       image_size=1024, patch_size=16, text_max_length=77, text_encoder_output_dim=4096)
+        WanLiteStudent(
+            model_type="WanLiteStudent",
+            hidden_size=1024,
+            depth=16,
+            num_heads=16,
+            num_channels=4,
+            image_size=1024,
+            patch_size=16,
+            text_max_length=77,
+            text_encoder_output_dim=4096,
+        )
     message = str(err.value)
-    for needle in ("head_dim is 64", "runs 8 heads of 128", "patch_size=(1, 16, 16)", "out_dim=4",
-                   "hidden_size=1024, num_heads=8", "num_channels=16"):
+    for needle in (
+        "head_dim is 64",
+        "runs 8 heads of 128",
+        "patch_size=(1, 16, 16)",
+        "out_dim=4",
+        "hidden_size=1024, num_heads=8",
+        "num_channels=16",
+    ):
         assert needle in message
 
 
@@ -145,25 +193,39 @@ def test_cli_inspect_convert_and_errors(models, tmp_path, capsys):
 def test_cli_as_a_process(tmp_path):
     """`python -m wanlite` is the console script: a bad file exits non-zero with one short message."""
     (tmp_path / "x.safetensors").write_bytes(b"garbage!" * 4)
-    run = subprocess.run([sys.executable, "-m", "wanlite", "inspect", str(tmp_path / "x.safetensors")],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "wanlite", "inspect", str(tmp_path / "x.safetensors")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2 and "not a valid safetensors file" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_from_teacher_and_the_seeds_teacher_checkpoint_form(tmp_path):
-    from wanlite.prune import Recipe
+    from wanlite.compress import Recipe
 
     teacher = random_wan(tiny_spec("t2v", num_layers=4, num_heads=4, dim=512), seed=3)
     recipe = Recipe(num_blocks=2, num_heads=2, ffn_dim=256, width_selection="magnitude")
     student = WanLiteStudent.from_teacher(teacher, recipe)
     assert student.spec == tiny_spec("t2v", ffn_dim=256) and student.pruning.kept_blocks == [0, 3]
     export = student.save_pretrained(tmp_path / "s", verbose=False)
-    assert inspect_wan(export.path).provenance["kept_blocks"] == [0, 3]
+    assert inspect_wan(export.path).pruning == student.pruning  # the record travels with the export
+    for layout in ("wan", "comfyui", "diffusers"):  # ... in every layout, back onto the loaded student
+        path = save_wan(student, tmp_path / f"s-{layout}", layout=layout, dtype="fp32").path
+        assert WanLiteStudent.from_pretrained(path).pruning == student.pruning
     teacher_dir = save_wan(teacher, tmp_path / "teacher").path
-    seeds = WanLiteStudent(hidden_size=256, depth=2, num_heads=2, ffn_dim=256, teacher_checkpoint_path=str(teacher_dir),
-                           device="cpu")
+    seeds = WanLiteStudent(
+        hidden_size=256, depth=2, num_heads=2, ffn_dim=256, teacher_checkpoint_path=str(teacher_dir), device="cpu"
+    )
     inputs = random_inputs(student.spec)
     assert torch.equal(forward(seeds, inputs), forward(student, inputs))
     with pytest.raises(SpecError, match="the recipe builds .* but this student was declared"):
-        WanLiteStudent(hidden_size=256, depth=2, num_heads=2, ffn_dim=256, teacher_checkpoint_path=str(teacher_dir),
-                       recipe=Recipe(num_blocks=3, num_heads=2, ffn_dim=256, width_selection="magnitude"))
+        WanLiteStudent(
+            hidden_size=256,
+            depth=2,
+            num_heads=2,
+            ffn_dim=256,
+            teacher_checkpoint_path=str(teacher_dir),
+            recipe=Recipe(num_blocks=3, num_heads=2, ffn_dim=256, width_selection="magnitude"),
+        )

@@ -9,10 +9,10 @@ from conftest import forward
 from diffusers import WanTransformer3DModel
 from safetensors.torch import save_file
 
-from wanlite import keys
 from wanlite.errors import DestinationExistsError, FormatError, SpecError
-from wanlite.formats import INDEX, inspect_wan, load_wan, save_wan
-from wanlite.spec import OFFICIAL_FIELDS
+from wanlite.formats import inspect_wan, keys, load_wan, save_wan
+from wanlite.formats.load import INDEX
+from wanlite.formats.spec import OFFICIAL_FIELDS
 from wanlite.testing import random_inputs, random_wan, tiny_spec
 
 
@@ -93,13 +93,16 @@ def test_legacy_seed_layout(models, tmp_path):
     spec, model, inputs, reference = models["t2v"]
     legacy = tmp_path / "legacy"
     legacy.mkdir()
-    (legacy / "student_config.json").write_text(json.dumps({"model_type": "WanLiteStudent", "hidden_size": 256,
-                                                             "depth": 2, "num_heads": 2, "num_channels": 16}))
+    (legacy / "student_config.json").write_text(
+        json.dumps({"model_type": "WanLiteStudent", "hidden_size": 256, "depth": 2, "num_heads": 2, "num_channels": 16})
+    )
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, legacy / "diffusion_model.safetensors")
     assert inspect_wan(legacy).layout == "legacy"
     assert (forward(load_wan(legacy), inputs) - reference).abs().max() <= 1e-6
-    save_file({"blocks.0.attn.qkv.weight": torch.zeros(3, 3), "final_layer.weight": torch.zeros(2, 2)},
-              legacy / "diffusion_model.safetensors")
+    save_file(
+        {"blocks.0.attn.qkv.weight": torch.zeros(3, 3), "final_layer.weight": torch.zeros(2, 2)},
+        legacy / "diffusion_model.safetensors",
+    )
     with pytest.raises(FormatError, match="legacy layout, but these weights are not a Wan transformer"):
         load_wan(legacy)
 
@@ -139,8 +142,10 @@ def test_truncated_and_random_bytes(wan_dir, tmp_path):
 
 
 def test_a_vae_is_not_a_wan_transformer(tmp_path):
-    save_file({"encoder.conv_in.weight": torch.zeros(4, 3, 3, 3), "decoder.conv_out.weight": torch.zeros(3, 4, 3, 3)},
-              tmp_path / "vae.safetensors")
+    save_file(
+        {"encoder.conv_in.weight": torch.zeros(4, 3, 3, 3), "decoder.conv_out.weight": torch.zeros(3, 4, 3, 3)},
+        tmp_path / "vae.safetensors",
+    )
     with pytest.raises(FormatError, match="not a Wan transformer.*looks like a VAE"):
         load_wan(tmp_path / "vae.safetensors")
 

@@ -9,10 +9,9 @@ import json
 import pytest
 import torch
 
+from wanlite.compress import Calibration, Pruning, Recipe, build_student, calibrate, init_report
 from wanlite.errors import RecipeError
-from wanlite.prune import Calibration, Pruning, Recipe, build_student, calibrate, init_report
 from wanlite.testing import random_inputs, random_wan, tiny_spec
-
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +23,10 @@ def _no_grad():
 
 def inputs(spec, seed=0, timestep=True):
     """random_inputs, with the 512-token text context an image-conditioned Wan needs."""
-    x = random_inputs(spec, seed=seed)
+    r = random_inputs(spec, seed=seed)
+    x = {"hidden_states": r["x"], "timestep": r["sigma"] * 1000, "encoder_hidden_states": r["context"]}
+    if "image_clip" in r:
+        x["encoder_hidden_states_image"] = r["image_clip"]
     if spec.has_image_embedder:
         ctx = x["encoder_hidden_states"]
         x["encoder_hidden_states"] = torch.cat([ctx, ctx.new_zeros(ctx.shape[0], 512 - ctx.shape[1], ctx.shape[2])], 1)
@@ -58,7 +60,7 @@ def t2v_cal(t2v):
 
 
 def spec_of(model):
-    from wanlite.spec import WanSpec
+    from wanlite.formats.spec import WanSpec
 
     return WanSpec.from_diffusers_config(model.config)
 
@@ -80,14 +82,23 @@ def test_full_recipe_reproduces_teacher_exactly(teacher):
         assert student.dtype == torch.bfloat16 and torch.equal(run(student, xb), run(half, xb))
 
 
-@pytest.mark.parametrize("kind, blocks, expected", [("t2v", "uniform", [0, 2]), ("t2v", "first", [0, 1]),
-                                                   ("t2v", (2, 0), [2, 0]), ("i2v", "uniform", [0, 2]),
-                                                   ("ti2v", (1, 2), [1, 2])])
+@pytest.mark.parametrize(
+    "kind, blocks, expected",
+    [
+        ("t2v", "uniform", [0, 2]),
+        ("t2v", "first", [0, 1]),
+        ("t2v", (2, 0), [2, 0]),
+        ("i2v", "uniform", [0, 2]),
+        ("ti2v", (1, 2), [1, 2]),
+    ],
+)
 def test_depth_only_student_equals_teacher_with_blocks_skipped(kind, blocks, expected):
     teacher = tiny_teacher(kind)
     spec = spec_of(teacher)
     x = inputs(spec)
-    student, pruning = build_student(teacher, Recipe(num_blocks=None if isinstance(blocks, tuple) else 2, blocks=blocks))
+    student, pruning = build_student(
+        teacher, Recipe(num_blocks=None if isinstance(blocks, tuple) else 2, blocks=blocks)
+    )
     assert pruning.kept_blocks == expected
     reference = copy.deepcopy(teacher)
     reference.blocks = torch.nn.ModuleList([reference.blocks[i] for i in expected])
@@ -100,7 +111,11 @@ def test_width_slices_every_tensor_consistently(teacher):
     spec = spec_of(teacher)
     cal = calibrate(teacher, inputs(spec, timestep=False))
     student, p = build_student(teacher, Recipe(num_blocks=2, blocks="importance", num_heads=1, ffn_dim=200), cal)
-    assert (student.config.num_attention_heads, student.config.attention_head_dim, student.config.ffn_dim) == (1, 128, 200)
+    assert (student.config.num_attention_heads, student.config.attention_head_dim, student.config.ffn_dim) == (
+        1,
+        128,
+        200,
+    )
     assert p.student.dim == 128 and len(p.kept_channels) == 128 and all(len(f) == 200 for f in p.kept_ffn)
     assert p.kept_channels == sorted(p.kept_channels)
     s, t = student.blocks[1], teacher.blocks[p.kept_blocks[1]]
@@ -173,7 +188,7 @@ def test_importance_drops_near_identity_blocks_and_ranks_first():
     recipes = {name: Recipe(num_blocks=2, blocks=name) for name in ("uniform", "first", "importance")}
     recipes["importance-skip"] = Recipe(num_blocks=2, blocks="importance", block_score="skip")
     report = init_report(teacher, recipes, cal, inputs(spec, seed=2, timestep=False), sigmas=(0.2, 0.8))
-    err = {r.name: r.mean_error for r in report.rows}
+    err = {r.name: r.mean_rel_mse for r in report.rows}
     assert report.best in ("importance", "importance-skip")
     assert err["importance"] < err["first"] < err["uniform"], err
     assert [r.pruning.kept_blocks for r in report.rows][2] == [1, 2]
@@ -197,7 +212,9 @@ def test_calibration_scores_repr_plot_save_load_and_cache(t2v, t2v_cal, tmp_path
     first = calibrate(t2v, inputs(spec, timestep=False), cache_dir=tmp_path, use_cache=True)
     files = list(tmp_path.glob("calibration-*.safetensors"))
     assert len(files) == 1
-    from wanlite import calibrate as cal_module
+    import importlib
+
+    cal_module = importlib.import_module("wanlite.compress.calibrate")
 
     cal_module._CACHE.clear()
     second = calibrate(t2v, inputs(spec, timestep=False), cache_dir=tmp_path)  # read back from the file
@@ -207,12 +224,13 @@ def test_calibration_scores_repr_plot_save_load_and_cache(t2v, t2v_cal, tmp_path
 
 
 def test_noise_batch_calibrates_without_latents():
-    from wanlite.calibrate import noise_batch
+    from wanlite.compress import noise_batch
 
     spec = tiny_spec("i2v", num_layers=3)
     x = inputs(spec)
-    batch = noise_batch(spec, x["encoder_hidden_states"], frames=2, height=8, width=8,
-                        image=x["encoder_hidden_states_image"])
+    batch = noise_batch(
+        spec, x["encoder_hidden_states"], frames=2, height=8, width=8, image=x["encoder_hidden_states_image"]
+    )
     cal = calibrate(tiny_teacher("i2v"), batch, sigmas=(0.5,))
     assert cal.sigmas == (0.5,) and cal.tokens == 2 * 4 * 4 and cal.scores["image_context"].shape == (3, 256)
 
@@ -222,7 +240,7 @@ def test_recipe_round_trip_and_fractions():
     r = Recipe(num_blocks=3, blocks=[0, 2, 3], num_heads=1, ffn_dim=256, width_selection="magnitude")
     assert Recipe.from_json(r.to_json()) == r and r.blocks == (0, 2, 3)
     assert json.loads(r.to_json())["blocks"] == [0, 2, 3]  # papermill / JSON parameters
-    from wanlite.spec import WanSpec
+    from wanlite.formats.spec import WanSpec
 
     big = WanSpec()  # 1.3B shape
     f = Recipe.from_fractions(big, depth=0.5, projection_factor=0.5)
@@ -232,20 +250,23 @@ def test_recipe_round_trip_and_fractions():
         Recipe.from_dict({"num_block": 3})
 
 
-@pytest.mark.parametrize("recipe, message", [
-    (dict(num_blocks=5), r"4 blocks.*nearest valid: num_blocks=4"),
-    (dict(num_blocks=0), r"nearest valid: num_blocks=1"),
-    (dict(blocks=[0, 4]), r"\[4\] out of range.*blocks=\[0\]"),
-    (dict(blocks=[-1, 2]), r"out of range"),
-    (dict(blocks=[1, 1, 2]), r"\[1\] repeated.*blocks=\[1, 2\]"),
-    (dict(num_heads=3), r"only 2 heads.*num_heads=2"),
-    (dict(num_heads=0), r"at least one head.*num_heads=1"),
-    (dict(dim=200), r"not a multiple of 128.*num_heads=2 \(dim=256\)"),
-    (dict(ffn_dim=1024), r"512 wide.*ffn_dim=512"),
-    (dict(ffn_dim=[256, 512, 256, 256]), r"per-block FFN widths.*ComfyUI reads ffn_dim from block 0"),
-    (dict(blocks="random"), r"uniform.*first.*importance"),
-    (dict(width_selection="random"), r"importance.*magnitude"),
-])
+@pytest.mark.parametrize(
+    "recipe, message",
+    [
+        (dict(num_blocks=5), r"4 blocks.*nearest valid: num_blocks=4"),
+        (dict(num_blocks=0), r"nearest valid: num_blocks=1"),
+        (dict(blocks=[0, 4]), r"\[4\] out of range.*blocks=\[0\]"),
+        (dict(blocks=[-1, 2]), r"out of range"),
+        (dict(blocks=[1, 1, 2]), r"\[1\] repeated.*blocks=\[1, 2\]"),
+        (dict(num_heads=3), r"only 2 heads.*num_heads=2"),
+        (dict(num_heads=0), r"at least one head.*num_heads=1"),
+        (dict(dim=200), r"not a multiple of 128.*num_heads=2 \(dim=256\)"),
+        (dict(ffn_dim=1024), r"512 wide.*ffn_dim=512"),
+        (dict(ffn_dim=[256, 512, 256, 256]), r"per-block FFN widths.*ComfyUI reads ffn_dim from block 0"),
+        (dict(blocks="random"), r"uniform.*first.*importance"),
+        (dict(width_selection="random"), r"importance.*magnitude"),
+    ],
+)
 def test_bad_recipes_are_refused_with_the_nearest_valid_one(t2v, recipe, message):
     with pytest.raises(RecipeError, match=message):
         build_student(t2v, Recipe(**recipe))
@@ -283,7 +304,10 @@ def test_bad_calibration_batches():
         "text dim": ({**good, "encoder_hidden_states": torch.randn(1, 512, 768)}, r"\[B=1, L, 4096\]"),
         "batch": ({**good, "encoder_hidden_states": torch.randn(2, 512, 4096)}, r"\[B=1, L, 4096\]"),
         "short ctx": ({**good, "encoder_hidden_states": torch.randn(1, 16, 4096)}, r"Pad it to 512"),
-        "no image": ({k: v for k, v in good.items() if k != "encoder_hidden_states_image"}, r"needs encoder_hidden_states_image"),
+        "no image": (
+            {k: v for k, v in good.items() if k != "encoder_hidden_states_image"},
+            r"needs encoder_hidden_states_image",
+        ),
         "missing": ({"hidden_states": good["hidden_states"]}, r"missing tensor 'encoder_hidden_states'"),
         "typo": ({**good, "latent": good["hidden_states"]}, r"unknown key\(s\) \['latent'\]"),
         "nan": ({**good, "hidden_states": good["hidden_states"] * float("nan")}, r"NaN"),
@@ -294,5 +318,7 @@ def test_bad_calibration_batches():
             calibrate(teacher, batch, sigmas=(0.5,) if name == "both" else None)
     t2v_teacher = random_wan(tiny_spec("t2v"), seed=1)
     with pytest.raises(RecipeError, match="has no image embedder"):
-        calibrate(t2v_teacher, {**inputs(tiny_spec("t2v"), timestep=False),
-                                "encoder_hidden_states_image": torch.randn(1, 257, 1280)})
+        calibrate(
+            t2v_teacher,
+            {**inputs(tiny_spec("t2v"), timestep=False), "encoder_hidden_states_image": torch.randn(1, 257, 1280)},
+        )

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from wanlite.errors import WanliteError
-from wanlite.sampling import ImageCondition, guided_velocity, sample, schedule
+from wanlite.evaluate.sampling import ImageCondition, guided_velocity, sample, schedule
 from wanlite.testing import random_inputs, random_wan, tiny_spec
 
 SHAPE = (1, 16, 2, 8, 8)
@@ -25,7 +25,6 @@ class Oracle(torch.nn.Module):
         return ((hidden_states - self.x0) / sigma * self.scale,)
 
 
-
 @pytest.fixture(scope="module")
 def model():
     return random_wan(tiny_spec("t2v"), seed=0)
@@ -33,7 +32,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def context():
-    return random_inputs(tiny_spec("t2v"))["encoder_hidden_states"]
+    return random_inputs(tiny_spec("t2v"))["context"]
 
 
 @pytest.mark.parametrize("scheduler", ["euler", "unipc"])
@@ -80,12 +79,12 @@ def test_i2v_needs_and_uses_its_image_conditioning():
     spec = tiny_spec("i2v")
     model = random_wan(spec, seed=1)
     inputs = random_inputs(spec, frames=2, height=8, width=8)
-    ctx = inputs["encoder_hidden_states"]
+    ctx = inputs["context"]
     with pytest.raises(WanliteError, match="ImageCondition"):
         sample(model, SHAPE, ctx, steps=1)
     with pytest.raises(WanliteError, match="CLIP"):
         sample(model, SHAPE, ctx, steps=1, image=torch.zeros(1, 20, 2, 8, 8))
-    cond = ImageCondition(torch.randn(1, 20, 2, 8, 8), inputs["encoder_hidden_states_image"])
+    cond = ImageCondition(torch.randn(1, 20, 2, 8, 8), inputs["image_clip"])
     out = sample(model, SHAPE, ctx, steps=2, seed=0, image=cond)
     other = sample(model, SHAPE, ctx, steps=2, seed=0, image=ImageCondition(torch.zeros(1, 20, 2, 8, 8), cond.clip))
     assert out.latents.shape == SHAPE and not torch.allclose(out.latents, other.latents)

@@ -4,9 +4,9 @@ import pytest
 import torch
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
-from wanlite import keys
 from wanlite.errors import FormatError, SpecError
-from wanlite.spec import OFFICIAL_FIELDS, WanSpec
+from wanlite.formats import keys
+from wanlite.formats.spec import OFFICIAL_FIELDS, WanSpec
 from wanlite.testing import random_wan, tiny_spec
 
 RELEASES = {  # wan-formats.md section 1
@@ -80,10 +80,19 @@ def test_comfyui_infers_wrong_heads_when_head_dim_is_not_128():
     assert problem.field == "num_heads" and "dim=512" in problem.fix
 
 
-@pytest.mark.parametrize("change, field", [
-    (dict(text_dim=2048), "text_dim"), (dict(freq_dim=128), "freq_dim"), (dict(patch_size=(1, 4, 4)), "patch_size"),
-    (dict(out_dim=4, in_dim=4), "out_dim"), (dict(in_dim=20), "in_dim"), (dict(eps=1e-5), "eps"),
-    (dict(dim=64, num_heads=1), "dim"), (dict(text_len=77), "text_len")])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (dict(text_dim=2048), "text_dim"),
+        (dict(freq_dim=128), "freq_dim"),
+        (dict(patch_size=(1, 4, 4)), "patch_size"),
+        (dict(out_dim=4, in_dim=4), "out_dim"),
+        (dict(in_dim=20), "in_dim"),
+        (dict(eps=1e-5), "eps"),
+        (dict(dim=64, num_heads=1), "dim"),
+        (dict(text_len=77), "text_len"),
+    ],
+)
 def test_each_comfyui_rule_names_field_and_fix(change, field):
     problems = tiny_spec("t2v").replace(**change).comfyui_problems()
     assert [p.field for p in problems] == [field]

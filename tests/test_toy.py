@@ -8,8 +8,7 @@ import torch
 
 from wanlite import toy
 from wanlite.errors import WanliteError
-from wanlite.spec import WanSpec
-
+from wanlite.formats.spec import WanSpec
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +23,7 @@ def clips():
 
 
 # ---- world ----
+
 
 def test_captions_cover_the_vocabulary():
     caps = toy.captions()
@@ -53,6 +53,7 @@ def test_clip_shows_what_the_caption_says():
 
 # ---- VAE ----
 
+
 def test_vae_shapes_round_trip_and_determinism(vae, clips):
     caps, videos = clips
     z = vae.encode(videos[:4])
@@ -75,6 +76,7 @@ def test_vae_rejects_a_wrong_frame_count(vae):
 
 # ---- text ----
 
+
 def test_text_context_is_deterministic_and_padded_like_umt5():
     ctx = toy.encode_text(["red circle moving left", "", "red circle moving left"])
     assert ctx.shape == (3, 16, 4096)
@@ -88,6 +90,7 @@ def test_text_context_is_deterministic_and_padded_like_umt5():
 
 
 # ---- adherence ----
+
 
 def test_metric_reads_ground_truth_through_the_vae(vae, clips):
     caps, videos = clips
@@ -115,7 +118,7 @@ SMOKE = toy.TeacherConfig(dim=128, num_heads=1, num_layers=1, ffn_dim=256, steps
 def test_training_smoke_is_seeded_and_saves_official_wan(vae, tmp_path):
     first = toy.train(SMOKE, vae=vae, log=lambda _: None)
     again = toy.train(SMOKE, vae=vae, log=lambda _: None)
-    assert first.steps == 3 and len(first.losses) == 3 and all(l == l and l < 10 for l in first.losses)
+    assert first.steps == 3 and len(first.losses) == 3 and all(loss == loss and loss < 10 for loss in first.losses)
     a, b = first.model.state_dict(), again.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # same seed -> same weights
     assert not torch.equal(a["proj_out.weight"], toy.build(SMOKE).state_dict()["proj_out.weight"])  # it trained

@@ -7,13 +7,22 @@ import sys
 
 
 def _inspect(args) -> int:
-    from . import comfy
-    from .formats import inspect_wan
+    from .formats import comfy, inspect_wan
 
     source = inspect_wan(args.path, expert=args.expert)
     print(repr(source))
+    if source.pruning is not None:
+        pruning = source.pruning
+        print(f"  pruned from its teacher: {pruning!r}")
+        if args.full:
+            print("  pruning record: " + pruning.to_json())
+    if source.sampling is not None:
+        print(f"  samples with its own settings: {source.sampling!r}\n    ComfyUI: {source.sampling.comfyui()}")
     if source.provenance:
-        print("  wanlite provenance: " + ", ".join(f"{k}={v}" for k, v in source.provenance.items()))
+        shown = {k: v for k, v in source.provenance.items() if args.full or len(str(v)) <= 200}
+        print("  wanlite provenance: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+        if len(shown) < len(source.provenance):
+            print(f"    ({len(source.provenance) - len(shown)} long entries hidden; --full shows them)")
     if source.layout == "single-file":
         print(repr(comfy.check(source.path)))
     else:
@@ -34,33 +43,59 @@ def _convert(args) -> int:
     model = load_wan(args.src, torch_dtype=dtype, expert=args.expert)
     provenance = dict(model.wanlite_source.provenance)
     provenance.setdefault("converted_from", str(args.src))
-    export = save_wan(model, args.dst, layout=args.layout, dtype=dtype, provenance=provenance,
-                      overwrite=args.overwrite, allow_non_comfyui=args.allow_non_comfyui,
-                      comfyui_root=args.comfyui_root)
+    export = save_wan(
+        model,
+        args.dst,
+        layout=args.layout,
+        dtype=dtype,
+        provenance=provenance,
+        overwrite=args.overwrite,
+        allow_non_comfyui=args.allow_non_comfyui,
+        comfyui_root=args.comfyui_root,
+    )
     print(repr(export))
     return 0
 
 
 def _compare(args) -> int:
-    from .compare import compare_paths
     from .formats import parse_dtype
+    from .runs import compare_paths
 
-    given = {k: v for k, v in dict(steps=args.steps, guidance=args.guidance, shift=args.shift,
-                                   scheduler=args.scheduler, repeats=args.repeats).items() if v is not None}
-    comparison = compare_paths(args.teacher, args.student, prompts=args.prompts, out_dir=args.out, vae=args.vae,
-                               run_dir=args.run_dir, overrides=given, torch_dtype=parse_dtype(args.dtype))
+    given = {
+        k: v
+        for k, v in dict(
+            steps=args.steps, guidance=args.guidance, shift=args.shift, scheduler=args.scheduler, repeats=args.repeats
+        ).items()
+        if v is not None
+    }
+    comparison = compare_paths(
+        args.teacher,
+        args.student,
+        prompts=args.prompts,
+        out_dir=args.out,
+        vae=args.vae,
+        run_dir=args.run_dir,
+        overrides=given,
+        torch_dtype=parse_dtype(args.dtype),
+    )
     print(repr(comparison))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wanlite", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="wanlite",
+        description=__doc__,
+        epilog="wanlite distill --config RUN.yaml [--resume] [--set KEY=VALUE]: "
+        "distil a student (wanlite distill --help).",
+    )
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("inspect", help="layout, Wan config, parameters, dtypes and the ComfyUI verdict of any Wan path")
     p.add_argument("path")
     p.add_argument("--expert", choices=["high_noise", "low_noise"], help="Wan2.2 A14B expert to read")
+    p.add_argument("--full", action="store_true", help="print the whole pruning record and every provenance entry")
     p.set_defaults(run=_inspect)
 
     p = sub.add_parser("convert", help="rewrite a Wan transformer in another layout")
@@ -73,9 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--comfyui-root", help="write straight into ComfyUI/models/diffusion_models/ of this install")
     p.add_argument("--allow-non-comfyui", action="store_true", help="export even if ComfyUI would mis-load it")
     p.set_defaults(run=_convert)
-
-    p = sub.add_parser("distill", help="distill a student (see `wanlite distill --help`)", add_help=False)
-    p.add_argument("--config", help="run YAML (see params/distill-example.yaml)")
 
     p = sub.add_parser("compare", help="compare a student with its teacher; write figures, metrics and a report")
     p.add_argument("teacher")
@@ -98,10 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import WanliteError
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["distill"]:  # its own parser (python -m wanlite.distill): options pass through untouched
-        from . import distill
+    if argv[:1] == ["distill"]:  # its own parser (python -m wanlite.train): options pass through untouched
+        from .train.__main__ import main as distill_main
 
-        return distill.main(argv[1:])
+        return distill_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "convert" and args.dst is None and not args.comfyui_root:
         print("wanlite convert: DST is required (or --comfyui-root for --layout comfyui)", file=sys.stderr)

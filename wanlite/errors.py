@@ -21,3 +21,15 @@ class RecipeError(WanliteError):
 
 class DestinationExistsError(WanliteError):
     """A write would replace something that already exists."""
+
+
+class ConfigError(WanliteError):
+    """A run config has an unknown key, a value of the wrong type, or values that cannot work together."""
+
+
+class NonFiniteLossError(WanliteError):
+    """The loss became NaN or infinite; the run stopped before the bad update and kept its last good checkpoint."""
+
+    def __init__(self, message: str, step: int, components: list[str], checkpoint=None):
+        super().__init__(message)
+        self.step, self.components, self.checkpoint = step, components, checkpoint

@@ -38,14 +38,21 @@ def load_params(path) -> dict:
     try:
         params = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
-        raise WanliteError(f"{path}: cannot read parameters ({err}). Fix: give a YAML file of name: value lines.") from None
+        raise WanliteError(
+            f"{path}: cannot read parameters ({err}). Fix: give a YAML file of name: value lines."
+        ) from None
     if not isinstance(params, dict):
         raise WanliteError(f"{path}: parameters must be a mapping of name: value, got {type(params).__name__}.")
     return params
 
 
-def run_pipeline(run: str = "toy", params: dict | str | Path | None = None, notebooks=NOTEBOOKS,
-                 runs_dir="runs", only: list[str] | None = None) -> PipelineResult:
+def run_pipeline(
+    run: str = "toy",
+    params: dict | str | Path | None = None,
+    notebooks=NOTEBOOKS,
+    runs_dir="runs",
+    only: list[str] | None = None,
+) -> PipelineResult:
     """Execute notebooks/0*_*.ipynb in order into runs/<run>/; raise at the first failure with its cell."""
     import os
 
@@ -70,11 +77,20 @@ def run_pipeline(run: str = "toy", params: dict | str | Path | None = None, note
         print(f"== {book.name} -> {out}", flush=True)
         start = time.perf_counter()
         try:
-            pm.execute_notebook(str(book), str(out), parameters=given, cwd=str(book.parent), progress_bar=False,
-                                kernel_name="python3", log_output=False)
+            pm.execute_notebook(
+                str(book),
+                str(out),
+                parameters=given,
+                cwd=str(book.parent),
+                progress_bar=False,
+                kernel_name="python3",
+                log_output=False,
+            )
         except pm.PapermillExecutionError as err:
-            raise WanliteError(f"{book.name} failed at cell {err.exec_count} ({err.ename}: {err.evalue}). "
-                               f"The executed notebook with the error is {out}.") from None
+            raise WanliteError(
+                f"{book.name} failed at cell {err.exec_count} ({err.ename}: {err.evalue}). "
+                f"The executed notebook with the error is {out}."
+            ) from None
         result.executed.append(out)
         result.seconds[book.name] = time.perf_counter() - start
     unused = set(values) - known - {"run_dir"}

@@ -11,18 +11,17 @@ Every notebook reads from here and writes here, so they chain under papermill an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
+from .evaluate import CompareConfig, Comparison, compare
+
 STUDENT_INIT, DISTILL, EXPORT, COMPARE, DATA = "student_init", "distill", "export", "compare", "data"
 STUDENT = f"{DISTILL}/student"  # where distill() exports the trained student
-
-
-def resolve_device(device: str = "auto") -> str:
-    """'auto' -> 'cuda' when a GPU is present, else 'cpu'."""
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
 def load_teacher(teacher_path: str = "", run_dir=None, device: str = "cpu", torch_dtype=None, expert=None):
@@ -52,14 +51,16 @@ def prompt_batch(teacher, teacher_path: str, prompts: int, seed: int = 0, frames
     toy teacher; Gaussian latents with zero-padded random text for a real teacher (bring real latents for better
     scores: see the distillation data caches)."""
     from . import toy
-    from .calibrate import noise_batch
+    from .compress import noise_batch
     from .formats import spec_of
 
     if is_toy(teacher_path):
         caps = toy.captions()
         chosen = [caps[(seed * 7 + i * 5) % len(caps)] for i in range(prompts)]
-        return {"latents": toy.load_vae().encode(toy.batch(chosen, [seed + i for i in range(prompts)])),
-                "context": toy.encode_text(chosen)}
+        return {
+            "latents": toy.load_vae().encode(toy.batch(chosen, [seed + i for i in range(prompts)])),
+            "context": toy.encode_text(chosen),
+        }
     spec = spec_of(teacher)
     g = torch.Generator().manual_seed(seed)
     context = torch.zeros(prompts, spec.text_len, spec.text_dim)
@@ -70,9 +71,8 @@ def prompt_batch(teacher, teacher_path: str, prompts: int, seed: int = 0, frames
 def load_student(run_dir, teacher_path: str = "", device: str = "cpu", initial: bool = False):
     """The newest student of a run: distilled (02), else pruned (01), else a default half-depth student built
     from the teacher now (so a later notebook runs alone). `initial` skips the distilled one."""
+    from .compress import Recipe, WanLiteStudent
     from .formats import spec_of
-    from .prune import Recipe
-    from .student import WanLiteStudent
 
     run_dir = Path(run_dir)
     for name in (STUDENT_INIT,) if initial else (STUDENT, STUDENT_INIT):
@@ -85,36 +85,23 @@ def load_student(run_dir, teacher_path: str = "", device: str = "cpu", initial: 
     return student.to(device)
 
 
-def pruning_of(student, run_dir=None):
-    """The student's `Pruning` (kept blocks and channels): from memory, its export metadata, or the run's pruned
-    student (a distilled student keeps the structure it started with); None if unknown."""
-    from .formats import inspect_wan
-    from .prune import Pruning
-
-    pruning = getattr(student, "pruning", None)
-    recorded = getattr(student, "provenance", None) or {}
-    if pruning is None and isinstance(recorded.get("pruning"), dict):
-        pruning = Pruning.from_dict(recorded["pruning"])
-    init = Path(run_dir or ".") / STUDENT_INIT
-    if pruning is None and run_dir is not None and (init / "config.json").exists():
-        saved = inspect_wan(init).provenance.get("pruning")
-        pruning = Pruning.from_dict(saved) if isinstance(saved, dict) else None
-    return pruning
-
-
 def toy_data(run_dir, samples: int, seed: int = 0) -> Path:
     """A latents cache of toy-world clips (toy-VAE latents, caption and empty-prompt embeddings) in run_dir/data,
     written once; what distillation trains on in the toy world (real latents: the task loss applies)."""
     from . import toy
-    from .data import ShardWriter
+    from .train.data import ShardWriter
 
     out = Path(run_dir) / DATA
     if (out / "manifest.json").exists():
         return out
     caps, vae = toy.captions(), toy.load_vae()
     chosen = [caps[(seed + i) % len(caps)] for i in range(samples)]
-    latents = torch.cat([vae.encode(toy.batch(chosen[i:i + 32], [seed + j for j in range(i, min(i + 32, samples))]))
-                         for i in range(0, samples, 32)])
+    latents = torch.cat(
+        [
+            vae.encode(toy.batch(chosen[i : i + 32], [seed + j for j in range(i, min(i + 32, samples))]))
+            for i in range(0, samples, 32)
+        ]
+    )
     contexts, negative = toy.encode_text(chosen), toy.encode_text([""])[0]
     with ShardWriter(out, kind="latents", meta={"source": "wanlite toy world", "seed": seed}, overwrite=True) as w:
         for x0, context in zip(latents, contexts):
@@ -135,3 +122,132 @@ def prompt_contexts(teacher, teacher_path: str, prompts: list[str], seed: int = 
     context = torch.zeros(len(prompts), spec.text_len, spec.text_dim)
     context[:, :16] = torch.randn(len(prompts), 16, spec.text_dim, generator=g)
     return context, torch.zeros_like(context[:1])
+
+
+# ---------------------------------------------------------------- from paths (`wanlite compare`)
+def _encode(prompts: Sequence[str], text_encoder) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(contexts [P, L, 4096], negative context) from captions, with `text_encoder` or the toy world's."""
+    if text_encoder is None:
+        from .toy.text import encode_text as text_encoder
+    return text_encoder(list(prompts)), text_encoder([""])
+
+
+def _toy_bundle(path) -> Path | None:
+    """The toy teacher bundle (toy.json + vae.safetensors + teacher/) that `path` is or lies in, if any."""
+    path = Path(path)
+    for folder in (path, path.parent):
+        if (folder / "toy.json").is_file() and (folder / "vae.safetensors").is_file():
+            return folder
+    return None
+
+
+def _toy_config(bundle: Path) -> CompareConfig:
+    """A toy bundle's own sampling settings and clip size."""
+    from . import toy
+
+    info = toy.info(bundle)
+    world, samp = info.get("world", {}), info.get("sampling", {})
+    return CompareConfig(
+        steps=samp.get("steps", 20),
+        guidance=samp.get("guidance", 4.0),
+        shift=samp.get("shift", 3.0),
+        scheduler=samp.get("scheduler", "unipc"),
+        frames=(world.get("frames", 17) - 1) // 4 + 1,
+        height=world.get("height", 64) // 8,
+        width=world.get("width", 64) // 8,
+    )
+
+
+def _random_contexts(teacher, seed: int) -> tuple[torch.Tensor, list[str]]:
+    g = torch.Generator().manual_seed(seed)
+    contexts = torch.zeros(2, 32, teacher.config.text_dim)
+    contexts[:, :16] = torch.randn(2, 16, teacher.config.text_dim, generator=g)
+    return contexts, ["random context 0", "random context 1"]
+
+
+def compare_paths(
+    teacher_path,
+    student_path,
+    prompts: Sequence[str] | None = None,
+    out_dir="report",
+    *,
+    vae=None,
+    contexts: torch.Tensor | None = None,
+    negative_context: torch.Tensor | None = None,
+    text_encoder=None,
+    run_dir=None,
+    config: CompareConfig | None = None,
+    kept_blocks: Sequence[int] | None = None,
+    device=None,
+    torch_dtype=torch.float32,
+    write: bool = True,
+    overrides: dict | None = None,
+) -> Comparison:
+    """Load teacher and student (any Wan layout), compare them (each at its own sampling settings) and write the
+    report to `out_dir`.
+
+    `vae`: an object with `decode`, or the path of a local diffusers AutoencoderKLWan (pixel PSNR/SSIM).
+    Contexts: `contexts` if given; else `prompts` encoded with `text_encoder` (default: the toy world's text
+    encoder, for toy models); else two seeded random umT5-shaped contexts (functional fidelity only).
+    A toy teacher bundle brings its VAE, its sampling settings and its clip size unless given, and both models'
+    prompt adherence over all 48 captions is scored."""
+    from .evaluate.vae import load_diffusers_vae
+    from .formats import load_wan
+
+    bundle = _toy_bundle(teacher_path)
+    if bundle is not None:
+        from . import toy
+
+        teacher_path = bundle / "teacher"
+        vae = vae if vae is not None else toy.load_vae(bundle)
+        config = config if config is not None else _toy_config(bundle)
+    config = config if config is not None else CompareConfig()
+    if overrides:  # e.g. the CLI's --steps: on top of the toy bundle's settings, not instead of them
+        config = dataclasses.replace(config, **overrides)
+    if isinstance(vae, (str, Path)):
+        vae = load_diffusers_vae(vae, device=device)
+    teacher = load_wan(teacher_path, torch_dtype=torch_dtype, device=device)
+    student = load_wan(student_path, torch_dtype=torch_dtype, device=device)  # carries .pruning and .sampling
+    labels = list(prompts) if prompts else None
+    if contexts is None and prompts:
+        contexts, neg = _encode(prompts, text_encoder)
+        negative_context = negative_context if negative_context is not None else neg
+    elif contexts is None:
+        contexts, labels = _random_contexts(teacher, config.seed)
+    comp = compare(
+        teacher,
+        student,
+        contexts,
+        prompts=labels,
+        negative_context=negative_context,
+        vae=vae,
+        kept_blocks=kept_blocks,
+        config=config,
+        run_dir=run_dir,
+    )
+    if labels and labels[0].startswith("random context"):
+        comp.notes.append("no prompts: seeded random contexts (functional fidelity, not caption following).")
+    if bundle is not None:
+        toy.score(comp, teacher, student)
+    comp.notes.append(f"teacher: {teacher_path}; student: {student_path}")
+    if write:
+        comp.save(out_dir)
+    return comp
+
+
+# ---------------------------------------------------------------- the notebooks' first cell
+# Every notebook starts with this cell, word for word (tests/test_notebooks.py checks it): on Colab it installs
+# wanlite from the one setting WANLITE_INSTALL; everywhere else it does nothing.
+COLAB_CELL = """import os
+import subprocess
+import sys
+
+if "google.colab" in sys.modules:  # Colab: install wanlite from WANLITE_INSTALL (see the README, "Colab")
+    source = os.environ.get("WANLITE_INSTALL", "")
+    if not source:
+        raise RuntimeError(
+            "Set WANLITE_INSTALL to your copy of wanlite, a git URL or a folder on your Drive, e.g. "
+            "%env WANLITE_INSTALL=git+https://github.com/YOU/wanlite, then run this cell again."
+        )
+    spec = f"wanlite[notebooks] @ {source}" if "://" in source else f"{source}[notebooks]"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)"""

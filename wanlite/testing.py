@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import torch
 
-from .spec import WanSpec
+from .formats.spec import WanSpec
 
 TINY = {
     "t2v": WanSpec(model_type="t2v", dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=16, out_dim=16),
-    "i2v": WanSpec(model_type="i2v", dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=36, out_dim=16,
-                   image_dim=1280),
+    "i2v": WanSpec(
+        model_type="i2v", dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=36, out_dim=16, image_dim=1280
+    ),
     "ti2v": WanSpec(model_type="ti2v", dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=48, out_dim=48),
 }
 
@@ -41,21 +42,32 @@ def random_wan(spec: WanSpec, seed: int = 0, dtype: torch.dtype = torch.float32)
     return (model if dtype == torch.float32 else model.to(dtype)).eval()
 
 
-def random_inputs(spec: WanSpec, batch: int = 1, frames: int = 2, height: int = 8, width: int = 8,
-                  text_tokens: int = 8, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict:
-    """Keyword inputs for a Wan forward: latents [B, in_dim, F, H, W], timestep [B], context [B, L, text_dim]
-    (real tokens, zero-padded like umT5), plus CLIP image tokens for an image-embedder model."""
+def random_inputs(
+    spec: WanSpec,
+    batch: int = 1,
+    frames: int = 2,
+    height: int = 8,
+    width: int = 8,
+    text_tokens: int = 8,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> dict:
+    """Inputs for `wan_forward(model, **inputs)`: states x [B, in_dim, F, H, W], sigma [B], context [B, L, text_dim]
+    (real tokens, zero-padded like umT5), plus CLIP image tokens (`image_clip`) for an image-embedder model."""
     g = torch.Generator().manual_seed(seed)
     # diffusers' i2v attention takes the last 512 context tokens as text: an image model needs the full length
     length = spec.text_len if spec.has_image_embedder else 16
     context = torch.zeros(batch, length, spec.text_dim)
     context[:, :text_tokens] = torch.randn(batch, text_tokens, spec.text_dim, generator=g)
-    inputs = dict(hidden_states=torch.randn(batch, spec.in_dim, frames, height, width, generator=g),
-                  timestep=torch.rand(batch, generator=g) * 1000, encoder_hidden_states=context)
+    inputs = dict(
+        x=torch.randn(batch, spec.in_dim, frames, height, width, generator=g),
+        sigma=torch.rand(batch, generator=g),
+        context=context,
+    )
     if spec.has_image_embedder:
         tokens = spec.image_pos_len or 257
-        inputs["encoder_hidden_states_image"] = torch.randn(batch, tokens, spec.image_dim, generator=g)
-    return {k: v.to(dtype) for k, v in inputs.items()}
+        inputs["image_clip"] = torch.randn(batch, tokens, spec.image_dim, generator=g)
+    return {k: v.to(dtype) if k != "sigma" else v for k, v in inputs.items()}
 
 
 def broken_comfyui_files(folder) -> dict:
@@ -71,6 +83,11 @@ def broken_comfyui_files(folder) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     head64 = random_wan(tiny_spec("t2v", num_heads=4))  # 4 heads of 64
     save_wan(head64, folder / "head_dim_64.safetensors", layout="comfyui", allow_non_comfyui=True, overwrite=True)
-    save_file({k: v.contiguous() for k, v in random_wan(tiny_spec("t2v")).state_dict().items()},
-              str(folder / "diffusers_names.safetensors"))
-    return {"head_dim_64": folder / "head_dim_64.safetensors", "diffusers_names": folder / "diffusers_names.safetensors"}
+    save_file(
+        {k: v.contiguous() for k, v in random_wan(tiny_spec("t2v")).state_dict().items()},
+        str(folder / "diffusers_names.safetensors"),
+    )
+    return {
+        "head_dim_64": folder / "head_dim_64.safetensors",
+        "diffusers_names": folder / "diffusers_names.safetensors",
+    }

@@ -11,14 +11,55 @@ prompt "" as negative context. `python -m wanlite.toy train|eval|show` makes, sc
 """
 
 from .adherence import Adherence, Description, adherence, describe
-from .teacher import (TeacherConfig, TrainResult, build, evaluate, generate, info, load_vae, save,
-                      teacher, train)
 from .show import filmstrip, save_gif
+from .teacher import (
+    TEACHER_SAMPLING,
+    TeacherConfig,
+    TrainResult,
+    build,
+    evaluate,
+    generate,
+    info,
+    load_vae,
+    sampling_of,
+    save,
+    score,
+    teacher,
+    train,
+)
 from .text import encode_text
 from .vae import ToyVAE
 from .world import COLOURS, DIRECTIONS, SHAPES, Caption, WorldConfig, batch, captions, parse, render
 
-__all__ = ["Adherence", "Caption", "COLOURS", "DIRECTIONS", "Description", "SHAPES", "TeacherConfig", "ToyVAE",
-           "TrainResult", "WorldConfig", "adherence", "batch", "build", "captions", "describe", "encode_text",
-           "evaluate", "filmstrip", "generate", "info", "load_vae", "parse", "render", "save", "save_gif",
-           "teacher", "train"]
+__all__ = [
+    "TEACHER_SAMPLING",
+    "sampling_of",
+    "score",
+    "Adherence",
+    "Caption",
+    "COLOURS",
+    "DIRECTIONS",
+    "Description",
+    "SHAPES",
+    "TeacherConfig",
+    "ToyVAE",
+    "TrainResult",
+    "WorldConfig",
+    "adherence",
+    "batch",
+    "build",
+    "captions",
+    "describe",
+    "encode_text",
+    "evaluate",
+    "filmstrip",
+    "generate",
+    "info",
+    "load_vae",
+    "parse",
+    "render",
+    "save",
+    "save_gif",
+    "teacher",
+    "train",
+]

@@ -1,8 +1,8 @@
 """`python -m wanlite.toy train|eval|show`: make, score and look at a toy teacher.
 
-    python -m wanlite.toy train --out runs/toy/teacher --steps 3200     # what `make toy-teacher` runs
-    python -m wanlite.toy eval [--bundle DIR]                            # adherence over every caption
-    python -m wanlite.toy show "red circle moving left" --png out.png    # a filmstrip of samples (.gif: animated)
+python -m wanlite.toy train --out runs/toy/teacher --steps 3200     # what `make toy-teacher` runs
+python -m wanlite.toy eval [--bundle DIR]                            # adherence over every caption
+python -m wanlite.toy show "red circle moving left" --png out.png    # a filmstrip of samples (.gif: animated)
 """
 
 from __future__ import annotations
@@ -34,9 +34,12 @@ def _train(args) -> None:
     vae = ToyVAE.fit()
     result = train(config, vae=vae, device=args.device, log=lambda m: print(m, flush=True))
     print(result, flush=True)
-    extra = {"command": " ".join(["python -m wanlite.toy"] + sys.argv[1:]), "device": args.device,
-             "torch": torch.__version__,
-             "vae_psnr_db": round(vae.psnr(batch(captions(), list(range(10_000, 10_048)))), 2)}  # held-out clips
+    extra = {
+        "command": " ".join(["python -m wanlite.toy"] + sys.argv[1:]),
+        "device": args.device,
+        "torch": torch.__version__,
+        "vae_psnr_db": round(vae.psnr(batch(captions(), list(range(10_000, 10_048)))), 2),
+    }  # held-out clips
     result.model.to("cpu")
     save(result, out, extra=extra, overwrite=args.overwrite)
     if not args.no_eval:  # score what ships (the bf16 file, read back), against the same net untrained
@@ -45,9 +48,11 @@ def _train(args) -> None:
         teacher_score, random_score = evaluate(shipped, **kw), evaluate(build(config).eval(), **kw)
         print(f"trained teacher: {teacher_score}\nrandom weights:  {random_score}", flush=True)
         meta = json.loads((out / "toy.json").read_text())
-        meta["adherence"] = {"teacher": teacher_score.as_dict(), "random_weights": random_score.as_dict(),
-                             "sampling": "unipc, 20 steps, guidance 4, shift = training shift, seed 0, "
-                                         "every caption once"}
+        meta["adherence"] = {
+            "teacher": teacher_score.as_dict(),
+            "random_weights": random_score.as_dict(),
+            "sampling": "unipc, 20 steps, guidance 4, shift = training shift, seed 0, every caption once",
+        }
         (out / "toy.json").write_text(json.dumps(meta, indent=2) + "\n")
         shown = captions()[::7]  # a look at what it draws: every colour, shape and direction appears
         videos = generate(shipped, shown, shift=config.shift, vae=vae)
@@ -61,8 +66,9 @@ def _eval(args) -> None:
 
     model = teacher(args.bundle)
     shift = info(args.bundle)["teacher_config"]["shift"]
-    score = evaluate(model, steps=args.steps, guidance=args.guidance, shift=shift, seed=args.seed,
-                     vae=load_vae(args.bundle))
+    score = evaluate(
+        model, steps=args.steps, guidance=args.guidance, shift=shift, seed=args.seed, vae=load_vae(args.bundle)
+    )
     print(score)
     for caption, read in score.mistakes():
         print(f"  {caption!r} read as {read!r}")
@@ -73,8 +79,15 @@ def _show(args) -> None:
     from .teacher import generate, info, load_vae, teacher
 
     caps = args.captions
-    videos = generate(teacher(args.bundle), caps, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                      shift=info(args.bundle)["teacher_config"]["shift"], vae=load_vae(args.bundle))
+    videos = generate(
+        teacher(args.bundle),
+        caps,
+        seed=args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        shift=info(args.bundle)["teacher_config"]["shift"],
+        vae=load_vae(args.bundle),
+    )
     if args.png.endswith(".gif"):
         save_gif(videos, args.png)
     else:
@@ -83,8 +96,9 @@ def _show(args) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wanlite.toy", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m wanlite.toy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train a toy teacher and write a bundle (teacher/, vae.safetensors, toy.json)")
     t.add_argument("--out", required=True, help="bundle directory to write")

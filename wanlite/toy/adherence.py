@@ -9,9 +9,8 @@ On ground-truth clips through the toy VAE it reads 100%; on noise it is at chanc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import math
+from dataclasses import dataclass, field
 
 import torch
 
@@ -38,7 +37,7 @@ def _shape_scores(frame_mask: torch.Tensor) -> torch.Tensor | None:
     xs = torch.arange(w, dtype=torch.float32).view(1, -1) + 0.5
     m = frame_mask.float()
     cx, cy = (m * xs).sum().item() / area, (m * ys).sum().item() / area
-    sizes = {"circle": (4 * area / math.pi) ** 0.5, "square": area ** 0.5, "triangle": (2 * area) ** 0.5}
+    sizes = {"circle": (4 * area / math.pi) ** 0.5, "square": area**0.5, "triangle": (2 * area) ** 0.5}
     scores = []
     for shape in SHAPES:
         size = sizes[shape]
@@ -77,8 +76,9 @@ def describe(video: torch.Tensor, config: WorldConfig = WorldConfig()) -> Descri
         dx, dy = (end - start).tolist()
         direction = ("right" if dx > 0 else "left") if abs(dx) >= abs(dy) else ("down" if dy > 0 else "up")
     # shape: the template that overlaps best, summed over the middle half of the frames (object fully inside)
-    scores = [t for i in range(q, f - q) if (t := _shape_scores(mask[i])) is not None] or \
-             [t for i in range(f) if (t := _shape_scores(mask[i])) is not None]
+    scores = [t for i in range(q, f - q) if (t := _shape_scores(mask[i])) is not None] or [
+        t for i in range(f) if (t := _shape_scores(mask[i])) is not None
+    ]
     shape = SHAPES[int(torch.stack(scores).sum(0).argmax())] if scores else "none"
     return Description(colour, shape, direction)
 
@@ -95,12 +95,19 @@ class Adherence:
     all: float  # fraction with all three right
 
     def __repr__(self) -> str:
-        return (f"Adherence({len(self.captions)} clips: colour {self.colour:.0%}, shape {self.shape:.0%}, "
-                f"direction {self.direction:.0%}, all three {self.all:.0%}; chance 25% / 33% / 25%)")
+        return (
+            f"Adherence({len(self.captions)} clips: colour {self.colour:.0%}, shape {self.shape:.0%}, "
+            f"direction {self.direction:.0%}, all three {self.all:.0%}; chance 25% / 33% / 25%)"
+        )
 
     def as_dict(self) -> dict:
-        return {"clips": len(self.captions), "colour": self.colour, "shape": self.shape,
-                "direction": self.direction, "all": self.all}
+        return {
+            "clips": len(self.captions),
+            "colour": self.colour,
+            "shape": self.shape,
+            "direction": self.direction,
+            "all": self.all,
+        }
 
     def mistakes(self) -> list[tuple[str, str]]:
         """(caption, what was read) for every clip that missed at least one attribute."""
@@ -108,16 +115,16 @@ class Adherence:
 
     def plot(self, ax=None):
         """Bar chart of the three accuracies against chance."""
-        import matplotlib.pyplot as plt
+        from ..core.display import new_figure
 
-        ax = ax or plt.subplots(figsize=(4, 3))[1]
+        ax = ax or new_figure(figsize=(4, 3)).subplots()
         names, values = ["colour", "shape", "direction"], [self.colour, self.shape, self.direction]
         ax.bar(names, values, color=["tab:red", "tab:purple", "tab:blue"])
         ax.plot([-0.4, 0.6, 1.6, 2.4], [0.25, 1 / 3, 0.25, 0.25], "k--", drawstyle="steps-mid", label="chance")
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("adherence")
         ax.legend(loc="lower right")
-        return ax
+        return ax.figure
 
 
 def adherence(videos: torch.Tensor, caps: list[str], config: WorldConfig = WorldConfig()) -> Adherence:

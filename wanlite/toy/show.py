@@ -7,11 +7,12 @@ import torch
 
 def filmstrip(videos: torch.Tensor, titles: list[str] | None = None, frames: int = 5):
     """A matplotlib Figure of `frames` evenly spaced frames of each clip [B, 3, F, H, W]."""
-    import matplotlib.pyplot as plt
+    from ..core.display import new_figure
 
     b, _, f = videos.shape[:3]
     picks = torch.linspace(0, f - 1, frames).round().long().tolist()
-    fig, axes = plt.subplots(b, frames, figsize=(1.3 * frames, 1.4 * b), squeeze=False)
+    fig = new_figure(figsize=(1.3 * frames, 1.4 * b))
+    axes = fig.subplots(b, frames, squeeze=False)
     for i in range(b):
         for j, k in enumerate(picks):
             ax = axes[i][j]

@@ -8,6 +8,7 @@ classifier-free guidance works. Seeded: the same config gives the same weights o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -16,9 +17,11 @@ from pathlib import Path
 
 import torch
 
-from ..losses import shift_sigma
+from ..core.display import new_figure
+from ..core.flow import add_noise, shift_sigma, velocity_target, wan_forward
 from ..errors import WanliteError
-from ..spec import WanSpec
+from ..formats.records import Sampling
+from ..formats.spec import WanSpec
 from .adherence import Adherence, adherence
 from .text import LENGTH, encode_text
 from .vae import ToyVAE
@@ -50,8 +53,15 @@ class TeacherConfig:
     log_every: int = 100  # steps between log lines
 
     def spec(self) -> WanSpec:
-        return WanSpec(model_type="t2v", dim=self.dim, ffn_dim=self.ffn_dim, num_heads=self.num_heads,
-                       num_layers=self.num_layers, in_dim=16, out_dim=16)
+        return WanSpec(
+            model_type="t2v",
+            dim=self.dim,
+            ffn_dim=self.ffn_dim,
+            num_heads=self.num_heads,
+            num_layers=self.num_layers,
+            in_dim=16,
+            out_dim=16,
+        )
 
 
 @dataclass
@@ -67,17 +77,16 @@ class TrainResult:
 
     def __repr__(self) -> str:
         last = f"{self.losses[-1]:.4f}" if self.losses else "n/a"
-        return (f"TrainResult({self.steps} steps in {self.seconds / 60:.1f} min, final loss {last}, "
-                f"{self.config.spec()})")
+        return (
+            f"TrainResult({self.steps} steps in {self.seconds / 60:.1f} min, final loss {last}, {self.config.spec()})"
+        )
 
     def plot(self, ax=None):
-        import matplotlib.pyplot as plt
-
-        ax = ax or plt.subplots(figsize=(5, 3))[1]
+        ax = ax or new_figure(figsize=(5, 3)).subplots()
         ax.plot([(i + 1) * self.config.log_every for i in range(len(self.losses))], self.losses)
         ax.set_xlabel("step")
         ax.set_ylabel("flow-matching loss")
-        return ax
+        return ax.figure
 
 
 def build(config: TeacherConfig = TeacherConfig(), device: str = "cpu"):
@@ -96,8 +105,13 @@ def _lr(step: int, config: TeacherConfig) -> float:
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def train(config: TeacherConfig = TeacherConfig(), vae: ToyVAE | None = None, world: WorldConfig = WorldConfig(),
-          device: str = "cpu", log=print) -> TrainResult:
+def train(
+    config: TeacherConfig = TeacherConfig(),
+    vae: ToyVAE | None = None,
+    world: WorldConfig = WorldConfig(),
+    device: str = "cpu",
+    log=print,
+) -> TrainResult:
     """Train a toy teacher from scratch on freshly drawn world clips (one loop, top to bottom)."""
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -123,13 +137,11 @@ def train(config: TeacherConfig = TeacherConfig(), vae: ToyVAE | None = None, wo
         # flow matching: x_t = (1 - s) x0 + s eps, target eps - x0, timestep s * 1000
         eps = torch.randn(x0.shape, generator=g)
         sigma = shift_sigma(torch.rand(config.batch, generator=g), config.shift)
-        s = sigma.view(-1, 1, 1, 1, 1)
-        xt = (1 - s) * x0 + s * eps
+        xt = add_noise(x0, eps, sigma)
         for group in opt.param_groups:
             group["lr"] = _lr(step, config)
-        pred = model(hidden_states=xt.to(device), timestep=(sigma * 1000).to(device),
-                     encoder_hidden_states=context.to(device), return_dict=False)[0]
-        loss = torch.nn.functional.mse_loss(pred.float(), (eps - x0).to(device))
+        pred = wan_forward(model, xt, sigma, context)
+        loss = torch.nn.functional.mse_loss(pred, velocity_target(x0, eps).to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
@@ -143,8 +155,10 @@ def train(config: TeacherConfig = TeacherConfig(), vae: ToyVAE | None = None, wo
         if (step + 1) % config.log_every == 0:
             losses.append(running / config.log_every)
             running = 0.0
-            log(f"step {step + 1}/{config.steps}  loss {losses[-1]:.4f}  lr {_lr(step, config):.2e}  "
-                f"{time.time() - start:.0f}s")
+            log(
+                f"step {step + 1}/{config.steps}  loss {losses[-1]:.4f}  lr {_lr(step, config):.2e}  "
+                f"{time.time() - start:.0f}s"
+            )
     else:
         step = config.steps
     if ema is not None:
@@ -157,26 +171,77 @@ def train(config: TeacherConfig = TeacherConfig(), vae: ToyVAE | None = None, wo
 # ------------------------------------------------------------------------------------------- sampling, scoring
 
 
-def generate(model, caps: list[str], seed: int = 0, steps: int = 20, guidance: float = 4.0, shift: float = 5.0,
-             scheduler: str = "unipc", vae: ToyVAE | None = None, world: WorldConfig = WorldConfig()) -> torch.Tensor:
-    """Videos [B, 3, F, H, W] the model draws for `caps` (one noise per caption from `seed`), decoded by the toy VAE."""
-    from ..sampling import sample
+TEACHER_SAMPLING = Sampling(steps=20, guidance=4.0, shift=5.0, solver="unipc")  # what the toy teacher was scored with
+
+
+def sampling_of(model, sampling: Sampling | None = None, **settings) -> Sampling:
+    """The sampling to use: `sampling`, else the given settings (steps, guidance, shift, scheduler) on top of the
+    toy teacher's, else the model's own record (a few-step student's), else the toy teacher's."""
+    if sampling is not None:
+        return sampling
+    given = {k: v for k, v in settings.items() if v is not None}
+    if given:
+        given["solver"] = given.pop("scheduler", TEACHER_SAMPLING.solver)
+        return dataclasses.replace(TEACHER_SAMPLING, **given)
+    return getattr(model, "sampling", None) or TEACHER_SAMPLING
+
+
+def generate(
+    model,
+    caps: list[str],
+    seed: int = 0,
+    steps: int | None = None,
+    guidance: float | None = None,
+    shift: float | None = None,
+    scheduler: str | None = None,
+    vae: ToyVAE | None = None,
+    world: WorldConfig = WorldConfig(),
+    sampling: Sampling | None = None,
+) -> torch.Tensor:
+    """Videos [B, 3, F, H, W] the model draws for `caps` (one noise per caption from `seed`), decoded by the toy VAE.
+    It samples the way `sampling_of` says: by default a student with its own settings, the teacher with its."""
+    from ..evaluate.sampling import sample
 
     vae = vae or load_vae()
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn((len(caps), *vae.latent_shape(world)), generator=g)
-    result = sample(model, noise, encode_text(caps), encode_text([""] * len(caps)), steps=steps, guidance=guidance,
-                    shift=shift, scheduler=scheduler)
+    how = sampling_of(model, sampling, steps=steps, guidance=guidance, shift=shift, scheduler=scheduler)
+    result = sample(model, noise, encode_text(caps), encode_text([""] * len(caps)), sampling=how, seed=seed)
     return vae.decode(result.latents)
 
 
-def evaluate(model, caps: list[str] | None = None, seed: int = 0, steps: int = 20, guidance: float = 4.0,
-             shift: float = 5.0, scheduler: str = "unipc", vae: ToyVAE | None = None, chunk: int = 16) -> Adherence:
-    """Prompt adherence of `model`'s samples over `caps` (default: every caption), `chunk` captions per batch."""
+def evaluate(
+    model,
+    caps: list[str] | None = None,
+    seed: int = 0,
+    steps: int | None = None,
+    guidance: float | None = None,
+    shift: float | None = None,
+    scheduler: str | None = None,
+    vae: ToyVAE | None = None,
+    chunk: int = 16,
+    sampling: Sampling | None = None,
+) -> Adherence:
+    """Prompt adherence of `model`'s samples over `caps` (default: all 48 captions), `chunk` captions per batch."""
     caps = caps if caps is not None else captions()
-    videos = torch.cat([generate(model, caps[i:i + chunk], seed + i, steps, guidance, shift, scheduler, vae)
-                        for i in range(0, len(caps), chunk)])
+    how = sampling_of(model, sampling, steps=steps, guidance=guidance, shift=shift, scheduler=scheduler)
+    videos = torch.cat(
+        [generate(model, caps[i : i + chunk], seed + i, vae=vae, sampling=how) for i in range(0, len(caps), chunk)]
+    )
     return adherence(videos, caps)
+
+
+def score(comparison, teacher, student, caps: list[str] | None = None) -> dict:
+    """Prompt adherence of teacher and student, each at its own sampling settings (the comparison's), over `caps`
+    (default: all 48 captions); recorded in `comparison.adherence` for its report."""
+    comparison.adherence = {
+        name: evaluate(model, caps, sampling=how).as_dict()
+        for name, model, how in (
+            ("teacher", teacher, comparison.teacher_sampling),
+            ("student", student, comparison.student_sampling),
+        )
+    }
+    return comparison.adherence
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -188,13 +253,24 @@ def save(result: TrainResult, out: str | Path, extra: dict | None = None, overwr
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    info = {"teacher_config": asdict(result.config), "world": asdict(WorldConfig()), "text_length": LENGTH,
-            "steps": result.steps, "train_seconds": round(result.seconds, 1),
-            "final_loss": result.losses[-1] if result.losses else None,
-            "sampling": {"shift": result.config.shift, "guidance": 4.0, "steps": 20, "scheduler": "unipc"},
-            **(extra or {})}
-    save_wan(result.model, out / "teacher", layout="wan", dtype=torch.bfloat16, overwrite=overwrite,
-             provenance={"toy": {k: v for k, v in info.items() if k != "adherence"}})
+    info = {
+        "teacher_config": asdict(result.config),
+        "world": asdict(WorldConfig()),
+        "text_length": LENGTH,
+        "steps": result.steps,
+        "train_seconds": round(result.seconds, 1),
+        "final_loss": result.losses[-1] if result.losses else None,
+        "sampling": {"shift": result.config.shift, "guidance": 4.0, "steps": 20, "scheduler": "unipc"},
+        **(extra or {}),
+    }
+    save_wan(
+        result.model,
+        out / "teacher",
+        layout="wan",
+        dtype=torch.bfloat16,
+        overwrite=overwrite,
+        provenance={"toy": {k: v for k, v in info.items() if k != "adherence"}},
+    )
     result.vae.save(out / "vae.safetensors")
     (out / "toy.json").write_text(json.dumps(info, indent=2) + "\n")
     return out
@@ -203,8 +279,10 @@ def save(result: TrainResult, out: str | Path, extra: dict | None = None, overwr
 def _bundle(path: str | Path | None) -> Path:
     path = Path(path) if path is not None else ASSETS
     if not (path / "teacher" / "config.json").is_file() or not (path / "vae.safetensors").is_file():
-        raise WanliteError(f"{path}: not a toy teacher bundle (expected teacher/config.json and vae.safetensors). "
-                           "Fix: `python -m wanlite.toy train --out DIR`, or omit the path for the shipped one.")
+        raise WanliteError(
+            f"{path}: not a toy teacher bundle (expected teacher/config.json and vae.safetensors). "
+            "Fix: `python -m wanlite.toy train --out DIR`, or omit the path for the shipped one."
+        )
     return path
 
 

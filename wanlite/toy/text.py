@@ -34,8 +34,10 @@ def encode_text(prompts: str | list[str], length: int = LENGTH) -> torch.Tensor:
     for i, prompt in enumerate(prompts):
         words = prompt.lower().split() + [EOS]
         if len(words) > length:
-            raise WanliteError(f"toy prompt {prompt!r} has {len(words) - 1} words; the toy text encoder holds at most "
-                               f"{length - 1} (length={length}). Fix: a shorter prompt or a larger `length`.")
+            raise WanliteError(
+                f"toy prompt {prompt!r} has {len(words) - 1} words; the toy text encoder holds at most "
+                f"{length - 1} (length={length}). Fix: a shorter prompt or a larger `length`."
+            )
         for j, word in enumerate(words):
             out[i, j] = word_vector(word)
     return out

@@ -62,8 +62,10 @@ class ToyVAE:
     latent_std: torch.Tensor  # [2, 16] per-channel latent std
 
     def __repr__(self) -> str:
-        return (f"ToyVAE(linear patch PCA: frame 0 {self.first_basis.shape[1]}->{CHANNELS}, 4-frame groups "
-                f"{self.group_basis.shape[1]}->{CHANNELS}; latents [B, 16, (F-1)/4+1, H/8, W/8], whitened)")
+        return (
+            f"ToyVAE(linear patch PCA: frame 0 {self.first_basis.shape[1]}->{CHANNELS}, 4-frame groups "
+            f"{self.group_basis.shape[1]}->{CHANNELS}; latents [B, 16, (F-1)/4+1, H/8, W/8], whitened)"
+        )
 
     @classmethod
     def fit(cls, clips: int = 192, config: WorldConfig = WorldConfig(), seed: int = 0) -> "ToyVAE":
@@ -79,10 +81,17 @@ class ToyVAE:
         return cls(fm, fb, gm, gb, torch.stack([zf.mean(0), zg.mean(0)]), torch.stack([zf.std(0), zg.std(0)]))
 
     def _check(self, video: torch.Tensor) -> None:
-        if video.ndim != 5 or video.shape[1] != 3 or (video.shape[2] - 1) % TEMPORAL or video.shape[3] % SPATIAL \
-                or video.shape[4] % SPATIAL:
-            raise WanliteError(f"ToyVAE.encode expects a video [B, 3, 4k+1 frames, H, W] with H, W multiples of 8, "
-                               f"got {tuple(video.shape)}.")
+        if (
+            video.ndim != 5
+            or video.shape[1] != 3
+            or (video.shape[2] - 1) % TEMPORAL
+            or video.shape[3] % SPATIAL
+            or video.shape[4] % SPATIAL
+        ):
+            raise WanliteError(
+                f"ToyVAE.encode expects a video [B, 3, 4k+1 frames, H, W] with H, W multiples of 8, "
+                f"got {tuple(video.shape)}."
+            )
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """[B, 3, F, H, W] in [0, 1] -> whitened latents [B, 16, (F-1)/4+1, H/8, W/8]."""
@@ -102,8 +111,11 @@ class ToyVAE:
         pf = (z[:, 0] * self.latent_std[0] + self.latent_mean[0]) @ self.first_basis + self.first_mean  # [B, h, w, 192]
         pg = (z[:, 1:] * self.latent_std[1] + self.latent_mean[1]) @ self.group_basis + self.group_mean
         # pg: [B, T-1, h, w, 768]
-        first = pf.reshape(b, h, w, 3, SPATIAL, SPATIAL).permute(0, 3, 1, 4, 2, 5).reshape(b, 3, 1, h * SPATIAL,
-                                                                                             w * SPATIAL)
+        first = (
+            pf.reshape(b, h, w, 3, SPATIAL, SPATIAL)
+            .permute(0, 3, 1, 4, 2, 5)
+            .reshape(b, 3, 1, h * SPATIAL, w * SPATIAL)
+        )
         rest = pg.reshape(b, t - 1, h, w, 3, TEMPORAL, SPATIAL, SPATIAL)  # [B, T', h, w, C, 4, 8, 8]
         rest = rest.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(b, 3, (t - 1) * TEMPORAL, h * SPATIAL, w * SPATIAL)
         return torch.cat([first, rest], dim=2).clamp(0, 1)
@@ -127,8 +139,10 @@ class ToyVAE:
     def load(cls, path: str | Path) -> "ToyVAE":
         path = Path(path)
         if not path.is_file():
-            raise FormatError(f"{path}: toy VAE file not found. Fix: ToyVAE.fit().save(path), or use toy.vae() "
-                              "for the one shipped with the toy teacher.")
+            raise FormatError(
+                f"{path}: toy VAE file not found. Fix: ToyVAE.fit().save(path), or use toy.vae() "
+                "for the one shipped with the toy teacher."
+            )
         tensors = load_file(str(path))
         missing = set(cls.__dataclass_fields__) - set(tensors)
         if missing:

@@ -40,12 +40,16 @@ class WorldConfig:
 
     def __post_init__(self):
         if self.frames < 1 or (self.frames - 1) % 4:
-            raise WanliteError(f"WorldConfig.frames must be 4k+1 (Wan's temporal rule: 1, 5, 9, 17, ...), "
-                               f"got {self.frames}. Fix: frames={4 * max(0, (self.frames - 1) // 4) + 1}.")
+            raise WanliteError(
+                f"WorldConfig.frames must be 4k+1 (Wan's temporal rule: 1, 5, 9, 17, ...), "
+                f"got {self.frames}. Fix: frames={4 * max(0, (self.frames - 1) // 4) + 1}."
+            )
         for name in ("height", "width"):
             if getattr(self, name) % 16 or getattr(self, name) <= 0:
-                raise WanliteError(f"WorldConfig.{name} must be a positive multiple of 16 (VAE stride 8 x Wan "
-                                   f"patch 2), got {getattr(self, name)}.")
+                raise WanliteError(
+                    f"WorldConfig.{name} must be a positive multiple of 16 (VAE stride 8 x Wan "
+                    f"patch 2), got {getattr(self, name)}."
+                )
 
 
 @dataclass(frozen=True)
@@ -68,11 +72,18 @@ def captions() -> list[str]:
 def parse(caption: str) -> Caption:
     """'red circle moving left' -> Caption('red', 'circle', 'left'); anything else is an error naming the vocabulary."""
     words = caption.lower().split()
-    if len(words) != 4 or words[2] != "moving" or words[0] not in COLOURS or words[1] not in SHAPES \
-            or words[3] not in DIRECTIONS:
-        raise WanliteError(f"toy caption {caption!r} is not '<colour> <shape> moving <direction>' with colour in "
-                           f"{list(COLOURS)}, shape in {list(SHAPES)}, direction in {list(DIRECTIONS)}; "
-                           "toy.captions() lists all of them.")
+    if (
+        len(words) != 4
+        or words[2] != "moving"
+        or words[0] not in COLOURS
+        or words[1] not in SHAPES
+        or words[3] not in DIRECTIONS
+    ):
+        raise WanliteError(
+            f"toy caption {caption!r} is not '<colour> <shape> moving <direction>' with colour in "
+            f"{list(COLOURS)}, shape in {list(SHAPES)}, direction in {list(DIRECTIONS)}; "
+            "toy.captions() lists all of them."
+        )
     return Caption(words[0], words[1], words[3])
 
 
@@ -84,7 +95,7 @@ def _mask(shape: str, x: torch.Tensor, y: torch.Tensor, size: float) -> torch.Te
     elif shape == "square":
         inside = half - torch.maximum(x.abs(), y.abs())
     else:  # isosceles triangle pointing up: apex (0, -half), base y = +half
-        edge = (2 * x.abs() - (y + half) * 1.0)  # >0 outside the slanted sides (slope: half-width grows 1/2 per px)
+        edge = 2 * x.abs() - (y + half) * 1.0  # >0 outside the slanted sides (slope: half-width grows 1/2 per px)
         inside = torch.minimum(half - y, -edge / math.sqrt(5.0))
         inside = torch.minimum(inside, y + half)
     return (inside + 0.5).clamp(0, 1)
@@ -102,8 +113,9 @@ def _track(cap: Caption, seed: int | None, config: WorldConfig) -> tuple[torch.T
     return config.width / 2 + jx + dx * config.travel * t, config.height / 2 + jy + dy * config.travel * t
 
 
-def batch(caps: list[str | Caption], seeds: list[int | None] | None = None,
-          config: WorldConfig = WorldConfig()) -> torch.Tensor:
+def batch(
+    caps: list[str | Caption], seeds: list[int | None] | None = None, config: WorldConfig = WorldConfig()
+) -> torch.Tensor:
     """Clips of several captions, drawn together: [B, 3, F, H, W] in [0, 1]; the same (caption, seed) -> the same
     clip. seed None draws no jitter (the caption's canonical track)."""
     parsed = [parse(c) if isinstance(c, str) else c for c in caps]

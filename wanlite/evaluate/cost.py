@@ -12,6 +12,8 @@ from typing import Sequence
 
 import torch
 
+from ..core.flow import wan_forward
+
 
 def _cpu_tensor_peak(fn) -> int | None:
     """Peak bytes of tensors alive at once during `fn()` that `fn` allocated, from the profiler's memory events."""
@@ -20,8 +22,9 @@ def _cpu_tensor_peak(fn) -> int | None:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     try:
-        events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                        if e.name() == "[memory]")
+        events = sorted(
+            (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+        )
     except AttributeError:  # a torch without kineto memory events
         return None
     live = peak = 0
@@ -45,11 +48,12 @@ def peak_memory(fn, device: torch.device) -> int | None:
 
 
 def count_flops(model, inputs: dict) -> int:
-    """FLOPs of one forward, counted by torch's FlopCounterMode (matmuls and attention)."""
+    """FLOPs of one forward on `wan_forward` inputs (x, sigma, context), counted by torch's FlopCounterMode
+    (matmuls and attention)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(**inputs, return_dict=False)
+        wan_forward(model, **inputs)
     return int(counter.get_total_flops())
 
 
@@ -87,7 +91,12 @@ class ModelCost:
     forward_min_s: float  # best of the repeats: least disturbed by other processes
     flops: int | None  # FLOPs of one forward
     peak_bytes: int | None  # memory one forward needs above the resident weights
-    sample_s: float | None = None  # seconds of one warm full sampling run (steps x CFG forwards)
+    sample_s: float | None = None  # seconds of one warm video: a full sampling run at the model's own settings
+    forwards: int | None = None  # transformer forwards per video (steps, twice with CFG)
+
+    @property
+    def flops_per_video(self) -> int | None:
+        return None if self.flops is None or self.forwards is None else self.flops * self.forwards
 
 
 @dataclass
@@ -110,34 +119,45 @@ class Cost:
 
     @property
     def sample_speedup(self) -> float | None:
+        """Wall time per video, teacher / student, each at its own sampling settings."""
         t, s = self.teacher.sample_s, self.student.sample_s
+        return None if not t or not s else t / s
+
+    @property
+    def video_flops_ratio(self) -> float | None:
+        """Forwards × FLOPs per video, teacher / student: what the student saves per video."""
+        t, s = self.teacher.flops_per_video, self.student.flops_per_video
         return None if not t or not s else t / s
 
 
 def measure_cost(teacher, student, inputs: dict, repeats: int = 5, warmup: int = 1, flops: bool = True) -> Cost:
     """Params, bytes, forward latency (median and best of interleaved repeats), FLOPs and peak memory of both
-    models on `inputs`."""
+    models on `inputs` (`wan_forward`'s x, sigma, context)."""
     device = next(teacher.parameters()).device
 
     def run(model):
-        dtype = next(model.parameters()).dtype
-        kw = {k: (v.to(device, dtype) if v.is_floating_point() and k != "timestep" else v.to(device))
-              for k, v in inputs.items()}
-
         def fn():
             with torch.no_grad():
-                model(**kw, return_dict=False)
+                wan_forward(model, **inputs)
             _sync(device)
-        return fn, kw
 
-    (ft, kt), (fs, ks) = run(teacher), run(student)
-    runs = time_interleaved([ft, fs], repeats, warmup, stat=list)
+        return fn
+
+    fns = [run(teacher), run(student)]
+    runs = time_interleaved(fns, repeats, warmup, stat=list)
     costs = []
-    for model, fn, kw, secs in ((teacher, ft, kt, runs[0]), (student, fs, ks, runs[1])):
-        costs.append(ModelCost(params=sum(p.numel() for p in model.parameters()), weight_bytes=weight_bytes(model),
-                               forward_s=sorted(secs)[len(secs) // 2], forward_min_s=min(secs), flops=count_flops(model, kw) if flops else None,
-                               peak_bytes=peak_memory(fn, device)))
-    hs, p = inputs["hidden_states"].shape, teacher.config.patch_size
+    for model, fn, secs in zip((teacher, student), fns, runs):
+        costs.append(
+            ModelCost(
+                params=sum(p.numel() for p in model.parameters()),
+                weight_bytes=weight_bytes(model),
+                forward_s=sorted(secs)[len(secs) // 2],
+                forward_min_s=min(secs),
+                flops=count_flops(model, inputs) if flops else None,
+                peak_bytes=peak_memory(fn, device),
+            )
+        )
+    hs, p = inputs["x"].shape, teacher.config.patch_size
     tokens = (hs[2] // p[0]) * (hs[3] // p[1]) * (hs[4] // p[2])
     return Cost(costs[0], costs[1], tokens, str(device), repeats)
 
@@ -158,14 +178,40 @@ def cost_rows(cost: Cost) -> list[tuple[str, str, str, str]]:
 
     def ratio(a, b):
         return "n/a" if not a or not b else f"{a / b:.2f}x"
-    rows = [("params", human(t.params), human(s.params), ratio(t.params, s.params)),
-            ("weights", human(t.weight_bytes, "B"), human(s.weight_bytes, "B"), ratio(t.weight_bytes, s.weight_bytes)),
-            ("FLOPs / forward", human(t.flops), human(s.flops), ratio(t.flops, s.flops)),
-            (f"forward, median ({cost.tokens} tokens)", f"{t.forward_s * 1e3:.1f} ms", f"{s.forward_s * 1e3:.1f} ms",
-             ratio(t.forward_s, s.forward_s)),
-            (f"forward, best of {cost.repeats}", f"{t.forward_min_s * 1e3:.1f} ms", f"{s.forward_min_s * 1e3:.1f} ms",
-             ratio(t.forward_min_s, s.forward_min_s)),
-            ("peak memory / forward", human(t.peak_bytes, "B"), human(s.peak_bytes, "B"), ratio(t.peak_bytes, s.peak_bytes))]
+
+    rows = [
+        ("params", human(t.params), human(s.params), ratio(t.params, s.params)),
+        ("weights", human(t.weight_bytes, "B"), human(s.weight_bytes, "B"), ratio(t.weight_bytes, s.weight_bytes)),
+        ("FLOPs / forward", human(t.flops), human(s.flops), ratio(t.flops, s.flops)),
+        (
+            f"forward, median ({cost.tokens} tokens)",
+            f"{t.forward_s * 1e3:.1f} ms",
+            f"{s.forward_s * 1e3:.1f} ms",
+            ratio(t.forward_s, s.forward_s),
+        ),
+        (
+            f"forward, best of {cost.repeats}",
+            f"{t.forward_min_s * 1e3:.1f} ms",
+            f"{s.forward_min_s * 1e3:.1f} ms",
+            ratio(t.forward_min_s, s.forward_min_s),
+        ),
+        (
+            "peak memory / forward",
+            human(t.peak_bytes, "B"),
+            human(s.peak_bytes, "B"),
+            ratio(t.peak_bytes, s.peak_bytes),
+        ),
+    ]
+    if t.forwards and s.forwards:
+        rows += [
+            ("forwards / video", str(t.forwards), str(s.forwards), ratio(t.forwards, s.forwards)),
+            (
+                "FLOPs / video",
+                human(t.flops_per_video),
+                human(s.flops_per_video),
+                ratio(t.flops_per_video, s.flops_per_video),
+            ),
+        ]
     if t.sample_s and s.sample_s:
-        rows.append(("sampling run", f"{t.sample_s:.2f} s", f"{s.sample_s:.2f} s", ratio(t.sample_s, s.sample_s)))
+        rows.append(("wall / video", f"{t.sample_s:.3f} s", f"{s.sample_s:.3f} s", ratio(t.sample_s, s.sample_s)))
     return rows

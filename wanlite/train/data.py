@@ -21,11 +21,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import DestinationExistsError, FormatError, WanliteError
-from .io import swap_into_place
+from ..errors import DestinationExistsError, FormatError, WanliteError
+from ..formats.io import swap_into_place
 
 FORMAT = "wanlite-data"
-KINDS = ("latents", "trajectory", "targets", "synthetic")
+KINDS = ("latents", "trajectory", "targets", "ode", "synthetic")
 RAGGED = ("context", "negative_context")  # stored without their zero padding, re-padded on read
 
 
@@ -34,9 +34,23 @@ class SyntheticSource(torch.utils.data.Dataset):
 
     kind = "synthetic"
 
-    def __init__(self, n: int = 64, latent_shape=(16, 1, 8, 8), text_tokens: int = 8, text_len: int = 16,
-                 text_dim: int = 4096, seed: int = 0, negative: bool = True):
-        self.n, self.shape, self.tokens, self.text_len, self.text_dim = n, tuple(latent_shape), text_tokens, text_len, text_dim
+    def __init__(
+        self,
+        n: int = 64,
+        latent_shape=(16, 1, 8, 8),
+        text_tokens: int = 8,
+        text_len: int = 16,
+        text_dim: int = 4096,
+        seed: int = 0,
+        negative: bool = True,
+    ):
+        self.n, self.shape, self.tokens, self.text_len, self.text_dim = (
+            n,
+            tuple(latent_shape),
+            text_tokens,
+            text_len,
+            text_dim,
+        )
         self.seed, self.negative = seed, negative
 
     def __len__(self) -> int:
@@ -69,8 +83,9 @@ class ShardWriter:
                 w.add(latents=vae_encode(video)[0], context=umt5(prompt)[0], negative_context=umt5("")[0])
     """
 
-    def __init__(self, out, kind: str = "latents", shard_size: int = 64, meta: dict | None = None,
-                 overwrite: bool = False):
+    def __init__(
+        self, out, kind: str = "latents", shard_size: int = 64, meta: dict | None = None, overwrite: bool = False
+    ):
         if kind not in KINDS:
             raise WanliteError(f"ShardWriter kind={kind!r}; expected one of {KINDS}.")
         self.out, self.kind, self.shard_size, self.meta = Path(out), kind, shard_size, dict(meta or {})
@@ -91,8 +106,10 @@ class ShardWriter:
         if not self.shapes:
             self.shapes = shapes
         elif shapes != self.shapes:
-            raise WanliteError(f"sample {self.count} has tensors {shapes}; this cache holds {self.shapes}. A cache "
-                               "holds one resolution and one set of keys: write one cache per resolution.")
+            raise WanliteError(
+                f"sample {self.count} has tensors {shapes}; this cache holds {self.shapes}. A cache "
+                "holds one resolution and one set of keys: write one cache per resolution."
+            )
         self.pending.append(item)
         self.count += 1
         if len(self.pending) == self.shard_size:
@@ -124,8 +141,15 @@ class ShardWriter:
     def close(self) -> Path:
         """Write the last shard and the manifest, then move the cache into place."""
         self._flush()
-        manifest = {"format": FORMAT, "version": 1, "kind": self.kind, "count": self.count, "shards": self.shards,
-                    "shapes": {k: list(v) for k, v in self.shapes.items()}, "meta": self.meta}
+        manifest = {
+            "format": FORMAT,
+            "version": 1,
+            "kind": self.kind,
+            "count": self.count,
+            "shards": self.shards,
+            "shapes": {k: list(v) for k, v in self.shapes.items()},
+            "meta": self.meta,
+        }
         (self.tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         swap_into_place(self.tmp, self.out)
         return self.out
@@ -147,12 +171,18 @@ class CachedSource(torch.utils.data.Dataset):
         self.path = Path(path)
         manifest_path = self.path / "manifest.json"
         if not manifest_path.is_file():
-            raise FormatError(f"{self.path}: no manifest.json; expected a wanlite data cache written by "
-                              "wanlite.data.ShardWriter (or write_trajectories / write_teacher_targets).")
+            raise FormatError(
+                f"{self.path}: no manifest.json; expected a wanlite data cache written by "
+                "wanlite.data.ShardWriter (or train.caches.write_trajectories / write_teacher_targets)."
+            )
         self.manifest = json.loads(manifest_path.read_text())
         if self.manifest.get("format") != FORMAT:
             raise FormatError(f"{manifest_path}: format={self.manifest.get('format')!r}, expected {FORMAT!r}.")
-        self.kind, self.meta, self.shapes = self.manifest["kind"], self.manifest.get("meta", {}), self.manifest["shapes"]
+        self.kind, self.meta, self.shapes = (
+            self.manifest["kind"],
+            self.manifest.get("meta", {}),
+            self.manifest["shapes"],
+        )
         self.starts = [0]
         for shard in self.manifest["shards"]:
             self.starts.append(self.starts[-1] + shard["count"])
@@ -176,7 +206,7 @@ class CachedSource(torch.utils.data.Dataset):
         for key in self.shapes:
             if key in RAGGED:
                 offsets = f.get_tensor(f"{key}.offsets")
-                rows = f.get_slice(key)[int(offsets[j]):int(offsets[j + 1])]
+                rows = f.get_slice(key)[int(offsets[j]) : int(offsets[j + 1])]
                 padded = torch.zeros(self.shapes[key], dtype=rows.dtype)
                 padded[: rows.shape[0]] = rows
                 item[key] = padded
@@ -218,14 +248,24 @@ class Batches:
     [k*G, (k+1)*G) of a permutation redrawn (seeded) each epoch, G = batch_size * world; rank r takes
     its slice. The order depends only on (seed, k), so resuming and changing process count keep it."""
 
-    def __init__(self, source, indices: list[int], batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
-                 num_workers: int = 0):
+    def __init__(
+        self,
+        source,
+        indices: list[int],
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        num_workers: int = 0,
+    ):
         self.source, self.indices, self.batch_size = source, indices, batch_size
         self.seed, self.rank, self.world, self.num_workers = seed, rank, world, num_workers
         self.global_batch = batch_size * world
         if len(indices) < self.global_batch:
-            raise WanliteError(f"{len(indices)} training samples cannot fill one global batch of {self.global_batch} "
-                               f"(batch_size {batch_size} x {world} processes); add data or lower batch_size.")
+            raise WanliteError(
+                f"{len(indices)} training samples cannot fill one global batch of {self.global_batch} "
+                f"(batch_size {batch_size} x {world} processes); add data or lower batch_size."
+            )
         self.per_epoch = len(indices) // self.global_batch
 
     def keys(self, k: int) -> list[int]:
@@ -237,74 +277,26 @@ class Batches:
         epoch, pos = divmod(k, self.per_epoch)
         if epoch not in perm_cache:
             perm_cache.clear()
-            perm_cache[epoch] = torch.randperm(len(self.indices), generator=torch.Generator().manual_seed(self.seed + epoch))
+            perm_cache[epoch] = torch.randperm(
+                len(self.indices), generator=torch.Generator().manual_seed(self.seed + epoch)
+            )
         lo = pos * self.global_batch + self.rank * self.batch_size
-        return [self.indices[i] for i in perm_cache[epoch][lo:lo + self.batch_size].tolist()]
+        return [self.indices[i] for i in perm_cache[epoch][lo : lo + self.batch_size].tolist()]
 
     def iterate(self, start: int, stop: int) -> Iterator[tuple[int, dict]]:
         """(micro-batch index, batch) for k in [start, stop)."""
         perm_cache: dict = {}
         sampler = [self._rank_indices(k, perm_cache) for k in range(start, stop)]
-        loader = torch.utils.data.DataLoader(self.source, batch_sampler=sampler, collate_fn=collate,
-                                             num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+        loader = torch.utils.data.DataLoader(
+            self.source,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
         yield from zip(range(start, stop), loader)
 
 
 def fixed_batch(source, indices: Iterable[int]) -> dict:
     """The held-out samples as one batch."""
     return collate([source[i] for i in indices])
-
-
-# ------------------------------------------------------------------ caches made by the teacher
-@torch.no_grad()
-def write_trajectories(teacher, contexts: torch.Tensor, out, negative_context: torch.Tensor | None = None,
-                       latent_shape=(16, 21, 60, 104), steps: int = 20, guidance: float = 5.0, shift: float = 5.0,
-                       scheduler: str = "unipc", seeds_per_prompt: int = 1, seed: int = 0, shard_size: int = 64,
-                       overwrite: bool = False) -> Path:
-    """Data-free distillation inputs: the teacher samples `steps` steps from noise for each prompt embedding
-    ([P, L, 4096]) and seed; every visited (x_t, sigma) becomes a training sample with its prompt."""
-    from .sampling import sample
-
-    device = next(teacher.parameters()).device
-    meta = dict(steps=steps, guidance=guidance, shift=shift, scheduler=scheduler, prompts=int(contexts.shape[0]),
-                seeds_per_prompt=seeds_per_prompt, seed=seed)
-    with ShardWriter(out, kind="trajectory", shard_size=shard_size, meta=meta, overwrite=overwrite) as w:
-        for p in range(contexts.shape[0]):
-            ctx = contexts[p:p + 1].to(device)
-            neg = None if negative_context is None else negative_context.reshape(1, *contexts.shape[1:]).to(device)
-            for r in range(seeds_per_prompt):
-                g = torch.Generator().manual_seed(seed * 1_000_003 + p * seeds_per_prompt + r)
-                noise = torch.randn((1, *latent_shape), generator=g).to(device)
-                res = sample(teacher, noise, ctx, neg, steps=steps, guidance=guidance, shift=shift,
-                             scheduler=scheduler, return_trajectory=True)
-                for i in range(steps):  # the states the teacher visited before each step (sigma > 0)
-                    w.add(noisy=res.trajectory[i, 0].float(), sigma=res.sigmas[i].reshape(()).float(),
-                          context=ctx[0].float(), negative_context=None if neg is None else neg[0].float())
-    return Path(out)
-
-
-@torch.no_grad()
-def write_teacher_targets(teacher, source, out, objective, feature_blocks: Iterable[int] = (), seed: int = 0,
-                          batch_size: int = 4, dtype: torch.dtype = torch.float32, shard_size: int = 64,
-                          overwrite: bool = False, teacher_name: str = "") -> Path:
-    """Run the teacher once over `source` and store its velocities (and block outputs at `feature_blocks`)
-    with the exact inputs it saw, so several students (recipes) train against it without the teacher.
-    Noise, sigma and the negative-context choice are drawn as the loop would (epoch 0, keyed by index)."""
-    from .losses import FeatureCapture, forward, model_inputs
-
-    device = next(teacher.parameters()).device
-    blocks = sorted(set(int(b) for b in feature_blocks))
-    meta = dict(teacher=teacher_name, feature_blocks=blocks, seed=seed, source=repr(source), dtype=str(dtype),
-                objective=objective.__dict__)
-    with ShardWriter(out, kind="targets", shard_size=shard_size, meta=meta, overwrite=overwrite) as w:
-        for lo in range(0, len(source), batch_size):
-            keys = list(range(lo, min(lo + batch_size, len(source))))
-            batch = collate([source[i] for i in keys])
-            inputs = model_inputs(batch, keys, seed, objective, device)
-            with FeatureCapture(teacher, blocks) as cap:
-                v = forward(teacher, inputs, next(teacher.parameters()).dtype)
-            extra = {f"feat.{b}": cap.features[b].to(dtype) for b in blocks}
-            w.add_batch(noisy=inputs["noisy"].to(dtype), sigma=inputs["sigma"].float(), context=inputs["context"].to(dtype),
-                        v_teacher=v.to(dtype), v_task=None if inputs["task"] is None else inputs["task"].to(dtype),
-                        image_latents=inputs.get("image_latents"), image_clip=inputs.get("image_clip"), **extra)
-    return Path(out)

@@ -1,6 +1,7 @@
 """Figures for a `Comparison` and a distillation run, and an explorer that works with or without a widget front end.
 
-Every function returns a matplotlib Figure (never shows it), so scripts, tests and CI render headless (Agg).
+Every function returns a matplotlib Figure (`core.display.new_figure`: it displays when a cell returns it and
+never pops up), so scripts, tests and CI render headless.
 `explore` gives ipywidgets in a live notebook; where nothing can run widgets (papermill, nbval, nbconvert,
 a plain script) the same view is there as a static PNG.
 """
@@ -8,35 +9,18 @@ a plain script) the same view is there as a static PNG.
 from __future__ import annotations
 
 import base64
-import io
-import json
-import math
-import os
-from pathlib import Path
 
 import torch
 
-KIND_STYLE = {"cond": ("C0", "conditional"), "uncond": ("C1", "unconditional"), "guided": ("C3", "guided (CFG)")}
+from ..core.display import headless, in_kernel, new_figure, png
+from .curves import plot_run
 
-
-def _in_kernel() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and hasattr(shell, "kernel")
-
-
-def _figure(*args, **kw):
-    from matplotlib.figure import Figure
-
-    if _in_kernel():  # make a returned Figure display as a PNG even where no pyplot backend is set up
-        png = __import__("IPython").get_ipython().display_formatter.formatters["image/png"]
-        if Figure not in png.type_printers:
-            png.for_type(Figure, _png)
-
-    return Figure(*args, **kw)  # not registered with pyplot: nothing leaks, nothing pops up
+KIND_STYLE = {
+    "cond": ("C0", "conditional"),
+    "uncond": ("C1", "unconditional"),
+    "guided": ("C3", "guided (CFG)"),
+    "cfg-free": ("C4", "student cfg 1 vs teacher CFG"),
+}
 
 
 def plot_velocity(comp, axes=None):
@@ -44,8 +28,21 @@ def plot_velocity(comp, axes=None):
     Lines are the mean over prompts; the band spans the best and worst prompt."""
     fig = None
     if axes is None:
-        fig = _figure(figsize=(10, 3.6), layout="constrained")
+        fig = new_figure(figsize=(10, 3.6), layout="constrained")
         axes = fig.subplots(1, 2)
+    if not comp.velocity:
+        for ax in axes:
+            ax.text(
+                0.5,
+                0.5,
+                "per-σ velocity not compared:\na few-step student learns its steps,\nnot the teacher's "
+                "velocity at every σ",
+                ha="center",
+                va="center",
+                fontsize=8,
+            )
+            ax.set_axis_off()
+        return fig if fig is not None else axes[0].figure
     sig = comp.sigmas
     for kind, values in comp.velocity.items():
         colour, label = KIND_STYLE[kind]
@@ -54,8 +51,9 @@ def plot_velocity(comp, axes=None):
             ax.plot(sig, v.mean(0).tolist(), "o-", color=colour, label=label, ms=3)
             if v.shape[0] > 1:
                 ax.fill_between(sig, v.min(0).values.tolist(), v.max(0).values.tolist(), color=colour, alpha=0.15, lw=0)
-    axes[0].set(xlabel="sigma (noise level)", ylabel="relative MSE  ||v_s - v_t||² / ||v_t||²",
-                title="velocity error vs sigma")
+    axes[0].set(
+        xlabel="sigma (noise level)", ylabel="relative MSE  ||v_s - v_t||² / ||v_t||²", title="velocity error vs sigma"
+    )
     if any(x > 0 for k in comp.velocity.values() for row in k["rel_mse"] for x in row):
         axes[0].set_yscale("log")
     axes[1].set(xlabel="sigma (noise level)", ylabel="cosine(v_s, v_t)", title="velocity direction vs sigma")
@@ -66,21 +64,38 @@ def plot_velocity(comp, axes=None):
 
 
 def plot_drift(comp, ax=None):
-    """Relative L2 between student and teacher trajectory states after each sampling step."""
+    """Relative L2 between student and teacher trajectory states after each step (same schedule); else the two
+    schedules, σ per step: where the teacher spends its forwards and where the student does."""
+    from matplotlib.ticker import MaxNLocator
+
     fig = None
     if ax is None:
-        fig = _figure(figsize=(5, 3.6), layout="constrained")
+        fig = new_figure(figsize=(5, 3.6), layout="constrained")
         ax = fig.subplots()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if comp.drift is None:
+        for sched, how, style in (
+            (comp.schedule, comp.teacher_sampling, "o-"),
+            (comp.student_schedule, comp.student_sampling, "s--"),
+        ):
+            ax.plot(
+                range(len(sched)), sched, style, ms=4, label=f"{how.solver}, {how.steps} steps, cfg {how.guidance:g}"
+            )
+        ax.set(xlabel="step", ylabel="sigma", title="schedules (teacher vs student)")
+        ax.legend(fontsize=8)
+        return fig if fig is not None else ax.figure
     d = torch.tensor(comp.drift, dtype=torch.float64)  # [prompt, state]
     steps = range(d.shape[1])
     for p, row in enumerate(d):
         ax.plot(steps, row.tolist(), color="0.6", lw=0.8, label="per prompt" if p == 0 else None)
     ax.plot(steps, d.mean(0).tolist(), "o-", color="C3", ms=3, label="mean")
-    from matplotlib.ticker import MaxNLocator
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel=f"sampling step ({comp.config.scheduler}, shift {comp.config.shift})",
-           ylabel="||x_s - x_t|| / ||x_t||", title="trajectory drift")
-    ax.grid(alpha=0.3)
+    how = comp.teacher_sampling
+    ax.set(
+        xlabel=f"sampling step ({how.solver}, shift {how.shift:g})",
+        ylabel="||x_s - x_t|| / ||x_t||",
+        title="trajectory drift",
+    )
     ax.legend(fontsize=8)
     return fig if fig is not None else ax.figure
 
@@ -104,12 +119,19 @@ def plot_blocks(comp, axes=None):
     panels = [x for x in (comp.block_cosine, comp.block_matrix) if x is not None]
     fig = None
     if axes is None:
-        fig = _figure(figsize=(5 * max(1, len(panels)), 3.8), layout="constrained")
+        fig = new_figure(figsize=(5 * max(1, len(panels)), 3.8), layout="constrained")
         axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
     axes = list(axes)
     if not panels:
-        axes[0].text(0.5, 0.5, "block outputs not comparable\n" + "\n".join(comp.notes), ha="center", va="center",
-                     fontsize=8, wrap=True)
+        axes[0].text(
+            0.5,
+            0.5,
+            "block outputs not comparable\n" + "\n".join(comp.notes),
+            ha="center",
+            va="center",
+            fontsize=8,
+            wrap=True,
+        )
         axes[0].set_axis_off()
         return fig if fig is not None else axes[0].figure
     if comp.block_cosine is not None:
@@ -127,6 +149,7 @@ def plot_blocks(comp, axes=None):
         im = ax.imshow(m.numpy(), aspect="auto", cmap="magma", vmin=min(float(m.min()), 1 - 1e-3), vmax=1.0)
         if comp.kept_blocks is not None:
             from matplotlib.patches import Rectangle
+
             for i, j in enumerate(comp.kept_blocks):
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="cyan", lw=1.5))
         ax.set_xticks(range(m.shape[1])), ax.set_yticks(range(m.shape[0]))
@@ -150,11 +173,16 @@ def plot_frames(comp, prompt: int = 0, step: int | None = None, frames=None, axe
     frames = [frames] if isinstance(frames, int) else list(frames)
     fig = None
     if axes is None:
-        fig = _figure(figsize=(1.6 * len(frames) + 0.8, 5.0), layout="constrained")
+        fig = new_figure(figsize=(1.6 * len(frames) + 0.8, 5.0), layout="constrained")
         axes = fig.subplots(3, len(frames), squeeze=False)
     diff = ((teacher - student).abs() * 4).clamp(0, 1)
     for col, f in enumerate(frames):
-        for row, (video, name) in enumerate(((teacher, "teacher"), (student, "student"), (diff, "|diff| x4"))):
+        rows = (
+            (teacher, f"teacher\n{comp.teacher_sampling.forwards} forwards"),
+            (student, f"student\n{comp.student_sampling.forwards} forwards"),
+            (diff, "|diff| x4"),
+        )
+        for row, (video, name) in enumerate(rows):
             ax = axes[row][col]
             ax.imshow(_frame(video, f), interpolation="nearest")
             ax.set_xticks([]), ax.set_yticks([])
@@ -173,100 +201,46 @@ def plot_cost(comp, ax=None):
     """Student cost as a fraction of the teacher's (params, bytes, FLOPs, latency, memory, sampling)."""
     fig = None
     if ax is None:
-        fig = _figure(figsize=(6, 3.4), layout="constrained")
+        fig = new_figure(figsize=(6, 3.4), layout="constrained")
         ax = fig.subplots()
     if comp.cost is None:
         ax.text(0.5, 0.5, "cost not measured", ha="center")
         return fig if fig is not None else ax.figure
     t, s = comp.cost.teacher, comp.cost.student
-    items = [("params", t.params, s.params), ("weights", t.weight_bytes, s.weight_bytes), ("FLOPs", t.flops, s.flops),
-             ("forward (median)", t.forward_s, s.forward_s), ("forward (best)", t.forward_min_s, s.forward_min_s),
-             ("peak mem", t.peak_bytes, s.peak_bytes),
-             ("sampling", t.sample_s, s.sample_s)]
+    items = [
+        ("params", t.params, s.params),
+        ("weights", t.weight_bytes, s.weight_bytes),
+        ("FLOPs", t.flops, s.flops),
+        ("forward (median)", t.forward_s, s.forward_s),
+        ("forward (best)", t.forward_min_s, s.forward_min_s),
+        ("peak mem", t.peak_bytes, s.peak_bytes),
+        ("forwards / video", t.forwards, s.forwards),
+        ("FLOPs / video", t.flops_per_video, s.flops_per_video),
+        ("wall / video", t.sample_s, s.sample_s),
+    ]
     items = [(n, b / a) for n, a, b in items if a and b is not None]
     ax.barh([n for n, _ in items], [r for _, r in items], color="C2")
     ax.axvline(1.0, color="k", lw=0.8)
     for i, (_, r) in enumerate(items):
         ax.text(r, i, f" {r:.2f}", va="center", fontsize=8)
     ax.invert_yaxis()
-    ax.set(xlabel="student / teacher (lower is cheaper)",
-           title=f"cost (forward speedup {comp.cost.speedup:.2f}x median, {comp.cost.speedup_best:.2f}x best; "
-                 f"{comp.cost.device})")
-    return fig if fig is not None else ax.figure
-
-
-# ---------------------------------------------------------------- a run directory's loss curves
-STEP_KEYS = ("step", "global_step", "iteration", "iter")
-VAL_MARKERS = ("val", "validation", "eval")
-
-
-def read_metrics(run_dir) -> list[dict]:
-    """The JSON lines of a run (`run_dir/metrics.jsonl`, else every *.jsonl in it, or the file itself)."""
-    path = Path(run_dir)
-    files = [path] if path.is_file() else ([path / "metrics.jsonl"] if (path / "metrics.jsonl").exists()
-                                           else sorted(path.glob("*.jsonl")))
-    records = []
-    for file in files:
-        for line in file.read_text().splitlines():
-            line = line.strip()
-            if line:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a crash mid-write
-                if isinstance(rec, dict):
-                    records.append(rec)
-    return records
-
-
-def loss_series(records: list[dict]) -> dict[str, tuple[list, list]]:
-    """name -> (steps, values) for every numeric field whose name says loss (validation ones prefixed 'val/')."""
-    series: dict[str, tuple[list, list]] = {}
-    for i, rec in enumerate(records):
-        step = next((rec[k] for k in STEP_KEYS if isinstance(rec.get(k), (int, float))), i)
-        split = str(rec.get("split", rec.get("kind", rec.get("phase", "")))).lower()
-        is_val = split in VAL_MARKERS
-        flat = {}
-        for k, v in rec.items():
-            if isinstance(v, dict):
-                flat |= {f"{k}/{kk}": vv for kk, vv in v.items()}
-            else:
-                flat[k] = v
-        for k, v in flat.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or "loss" not in k.lower() or not math.isfinite(v):
-                continue
-            name = f"val/{k}" if is_val and not k.lower().startswith(VAL_MARKERS) else k
-            xs, ys = series.setdefault(name, ([], []))
-            xs.append(step), ys.append(v)
-    return series
-
-
-def plot_run(run_dir, ax=None):
-    """Training and validation loss curves of a run directory (log scale); validation as markers."""
-    series = loss_series(read_metrics(run_dir))
-    fig = None
-    if ax is None:
-        fig = _figure(figsize=(7, 3.8), layout="constrained")
-        ax = fig.subplots()
-    if not series:
-        ax.text(0.5, 0.5, f"no loss values in {run_dir}", ha="center")
-        return fig if fig is not None else ax.figure
-    for name, (xs, ys) in sorted(series.items()):
-        val = name.lower().startswith(VAL_MARKERS)
-        ax.plot(xs, ys, "o--" if val else "-", ms=4 if val else 0, lw=1.2 if val else 0.9, label=name)
-    if all(y > 0 for _, ys in series.values() for y in ys):
-        ax.set_yscale("log")
-    ax.set(xlabel="step", ylabel="loss", title=f"run {Path(run_dir).name}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.set(
+        xlabel="student / teacher (lower is cheaper)",
+        title=f"cost per video: {comp.cost.video_flops_ratio or float('nan'):.1f}x fewer FLOPs, "
+        f"{comp.cost.sample_speedup or float('nan'):.1f}x faster ({comp.cost.device})",
+    )
     return fig if fig is not None else ax.figure
 
 
 # ---------------------------------------------------------------- everything, and the explorer
 def figures(comp) -> dict:
     """name -> Figure, for the report: velocity, drift, blocks, cost, frames_<i> per prompt, losses."""
-    figs = {"velocity": plot_velocity(comp), "drift": plot_drift(comp), "blocks": plot_blocks(comp),
-            "cost": plot_cost(comp)}
+    figs = {
+        "velocity": plot_velocity(comp),
+        "drift": plot_drift(comp),
+        "blocks": plot_blocks(comp),
+        "cost": plot_cost(comp),
+    }
     for p in range(len(comp.prompts)):
         figs[f"frames_{p}"] = plot_frames(comp, p)
     if comp.run_dir is not None:
@@ -276,13 +250,17 @@ def figures(comp) -> dict:
 
 def plot_comparison(comp, prompt: int = 0):
     """One dashboard: velocity error and cosine, drift, block cosine, cost."""
-    fig = _figure(figsize=(15, 7.5), layout="constrained")
+    fig = new_figure(figsize=(15, 7.5), layout="constrained")
     grid = fig.subplots(2, 3)
     plot_velocity(comp, axes=grid[0][:2])
     plot_drift(comp, ax=grid[0][2])
     if comp.block_cosine is not None or comp.block_matrix is not None:
-        plot_blocks(comp, axes=[grid[1][0], grid[1][1]] if comp.block_cosine is not None and comp.block_matrix is not None
-                    else [grid[1][0]])
+        plot_blocks(
+            comp,
+            axes=[grid[1][0], grid[1][1]]
+            if comp.block_cosine is not None and comp.block_matrix is not None
+            else [grid[1][0]],
+        )
     if comp.block_cosine is None or comp.block_matrix is None:
         grid[1][1].set_axis_off()
     plot_cost(comp, ax=grid[1][2])
@@ -292,7 +270,7 @@ def plot_comparison(comp, prompt: int = 0):
 
 def explorer_view(comp, prompt: int = 0, step: int | None = None, frame: int = 0):
     """The explorer's picture: velocity error with the chosen sigma marked, and teacher | student | diff."""
-    fig = _figure(figsize=(11, 3.6), layout="constrained")
+    fig = new_figure(figsize=(11, 3.6), layout="constrained")
     a, b, c, d = fig.subplots(1, 4, width_ratios=[2, 1, 1, 1])
     for kind, values in comp.velocity.items():
         a.plot(comp.sigmas, values["rel_mse"][prompt], "o-", ms=3, color=KIND_STYLE[kind][0], label=KIND_STYLE[kind][1])
@@ -304,18 +282,15 @@ def explorer_view(comp, prompt: int = 0, step: int | None = None, frame: int = 0
     a.legend(fontsize=7)
     teacher, student = comp.frames(prompt, step)
     frame = min(frame, teacher.shape[1] - 1)
-    for ax, img, name in ((b, teacher, "teacher"), (c, student, "student"),
-                          (d, ((teacher - student).abs() * 4).clamp(0, 1), "|diff| x4")):
+    for ax, img, name in (
+        (b, teacher, "teacher"),
+        (c, student, "student"),
+        (d, ((teacher - student).abs() * 4).clamp(0, 1), "|diff| x4"),
+    ):
         ax.imshow(_frame(img, frame), interpolation="nearest")
         ax.set_title(f"{name}, frame {frame}", fontsize=8)
         ax.set_axis_off()
     return fig
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    return buf.getvalue()
 
 
 class Explorer:
@@ -326,7 +301,7 @@ class Explorer:
     def __init__(self, comp):
         self.comp = comp
         self.static = explorer_view(comp)
-        self.widget = self._widget() if _in_kernel() and not os.environ.get("WANLITE_STATIC") else None
+        self.widget = self._widget() if in_kernel() and not headless() else None
 
     def _widget(self):
         try:
@@ -336,8 +311,13 @@ class Explorer:
         comp = self.comp
         steps = len(comp.schedule) - 1
         prompt = w.Dropdown(options=[(p, i) for i, p in enumerate(comp.prompts)], description="prompt")
-        step = w.IntSlider(value=steps, min=0, max=steps, description="step",
-                           tooltip=f"{steps} = final sample; below: x0 predicted at that step")
+        step = w.IntSlider(
+            value=steps,
+            min=0,
+            max=steps,
+            description="step",
+            tooltip=f"{steps} = final sample; below: x0 predicted at that step",
+        )
         frame = w.IntSlider(value=0, min=0, max=comp.frames(0)[0].shape[1] - 1, description="frame")
         out = w.Output()
 
@@ -346,15 +326,19 @@ class Explorer:
             out.clear_output(wait=True)
             with out:
                 from IPython.display import Image, display
-                display(Image(_png(fig)))
+
+                display(Image(png(fig)))
+
         for control in (prompt, step, frame):
             control.observe(draw, names="value")
         draw()
         return w.VBox([w.HBox([prompt, step, frame]), out])
 
     def _repr_mimebundle_(self, include=None, exclude=None):
-        bundle = {"text/plain": f"<Explorer over {len(self.comp.prompts)} prompt(s); static view attached>",
-                  "image/png": base64.b64encode(_png(self.static)).decode()}
+        bundle = {
+            "text/plain": f"<Explorer over {len(self.comp.prompts)} prompt(s); static view attached>",
+            "image/png": base64.b64encode(png(self.static)).decode(),
+        }
         if self.widget is not None:
             data = self.widget._repr_mimebundle_(include=include, exclude=exclude)
             data = data[0] if isinstance(data, tuple) else data

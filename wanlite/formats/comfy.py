@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
+from ..errors import FormatError, SpecError
 from . import keys as keymap
-from .errors import FormatError, SpecError
-from .formats import WanSource, materialize
 from .io import read_header, refuse_pickle
+from .load import WanSource, materialize
 from .spec import COMFY_HEAD_DIM, WanSpec
 
 PREFIX = "model.diffusion_model."
@@ -43,14 +43,22 @@ class ComfyReport:
         return not (self.missing or self.unexpected or self.mismatched)
 
     def __repr__(self) -> str:
-        verdict = "loads as Wan in ComfyUI" if self.ok and not self.warnings else (
-            "loads, with silent problems" if self.ok else "does NOT load correctly in ComfyUI")
-        lines = [f"ComfyUI verdict for {self.path.name}: {verdict}",
-                 f"  detected: {self.model_class} ({self.latent_format} latents), prefix {self.prefix or '(none)'!r}",
-                 f"  config as ComfyUI infers it: {self.spec}"]
-        for title, items in (("missing keys (left uninitialised by ComfyUI)", self.missing),
-                             ("unexpected keys (ignored by ComfyUI)", self.unexpected),
-                             ("shape mismatches (ComfyUI errors)", self.mismatched), ("warnings", self.warnings)):
+        verdict = (
+            "loads as Wan in ComfyUI"
+            if self.ok and not self.warnings
+            else ("loads, with silent problems" if self.ok else "does NOT load correctly in ComfyUI")
+        )
+        lines = [
+            f"ComfyUI verdict for {self.path.name}: {verdict}",
+            f"  detected: {self.model_class} ({self.latent_format} latents), prefix {self.prefix or '(none)'!r}",
+            f"  config as ComfyUI infers it: {self.spec}",
+        ]
+        for title, items in (
+            ("missing keys (left uninitialised by ComfyUI)", self.missing),
+            ("unexpected keys (ignored by ComfyUI)", self.unexpected),
+            ("shape mismatches (ComfyUI errors)", self.mismatched),
+            ("warnings", self.warnings),
+        ):
             if items:
                 lines.append(f"  {title}: {len(items)}")
                 lines += [f"    - {item}" for item in items[:8]] + (["    - ..."] if len(items) > 8 else [])
@@ -59,8 +67,10 @@ class ComfyReport:
 
 def _not_detected(path: Path, why: str) -> FormatError:
     stem = path.with_suffix("")
-    return FormatError(f"ERROR: Could not detect model type of: {path}\n({why}) "
-                       f"Fix: convert it to official Wan key names: {CONVERT.format(path=path, stem=stem)}")
+    return FormatError(
+        f"ERROR: Could not detect model type of: {path}\n({why}) "
+        f"Fix: convert it to official Wan key names: {CONVERT.format(path=path, stem=stem)}"
+    )
 
 
 def _model_class(shapes: dict, spec: WanSpec) -> str:
@@ -79,17 +89,22 @@ def check(path) -> ComfyReport:
     if not path.exists():
         raise FormatError(f"{path}: no such file. Fix: check the path.")
     if path.is_dir():
-        raise FormatError(f"{path} is a directory; ComfyUI's Load Diffusion Model takes one file from "
-                          f"ComfyUI/models/diffusion_models/. Fix: wanlite convert {path} student.safetensors --layout comfyui")
+        raise FormatError(
+            f"{path} is a directory; ComfyUI's Load Diffusion Model takes one file from "
+            f"ComfyUI/models/diffusion_models/. Fix: wanlite convert {path} student.safetensors --layout comfyui"
+        )
     refuse_pickle(path)
     entries, metadata = read_header(path)
-    prefixed = {k[len(PREFIX):]: e for k, e in entries.items() if k.startswith(PREFIX)}
+    prefixed = {k[len(PREFIX) :]: e for k, e in entries.items() if k.startswith(PREFIX)}
     prefix, entries = (PREFIX, prefixed) if prefixed else ("", entries)
     shapes = {k: tuple(e.shape) for k, e in entries.items()}
     if "head.modulation" not in shapes:
         if "scale_shift_table" in shapes or any(k.startswith("condition_embedder.") for k in shapes):
-            raise _not_detected(path, "the keys are diffusers-named (scale_shift_table, condition_embedder.*, "
-                                      "attn1.to_q ...); ComfyUI only knows official Wan names")
+            raise _not_detected(
+                path,
+                "the keys are diffusers-named (scale_shift_table, condition_embedder.*, "
+                "attn1.to_q ...); ComfyUI only knows official Wan names",
+            )
         if any(k.startswith("diffusion_model.head.modulation") for k in shapes):
             raise _not_detected(path, "keys carry a bare 'diffusion_model.' prefix, which ComfyUI does not strip")
         raise _not_detected(path, f"no 'head.modulation' key among {len(shapes)} keys: not a Wan transformer")
@@ -97,15 +112,23 @@ def check(path) -> ComfyReport:
         spec = WanSpec.as_comfyui_infers(shapes)
     except SpecError as err:
         raise FormatError(f"{path}: {err}") from None
-    report = ComfyReport(path, prefix, spec, _model_class(shapes, spec),
-                         "Wan22 (48 channels)" if spec.out_dim == 48 else "Wan21 (16 channels)")
+    report = ComfyReport(
+        path,
+        prefix,
+        spec,
+        _model_class(shapes, spec),
+        "Wan22 (48 channels)" if spec.out_dim == 48 else "Wan21 (16 channels)",
+    )
     if report.model_class in ("WAN21_Vace", "WAN21_Camera"):
         report.warnings.append(f"{report.model_class} add-on weights are not checked by wanlite")
     expected = _expected_shapes(spec)
     report.missing = sorted(set(expected) - set(shapes))
     report.unexpected = sorted(set(shapes) - set(expected))
-    report.mismatched = [f"{k}: file {list(shapes[k])}, ComfyUI builds {list(expected[k])}"
-                         for k in sorted(set(shapes) & set(expected)) if shapes[k] != expected[k]]
+    report.mismatched = [
+        f"{k}: file {list(shapes[k])}, ComfyUI builds {list(expected[k])}"
+        for k in sorted(set(shapes) & set(expected))
+        if shapes[k] != expected[k]
+    ]
     _warn_silent(report, path, shapes, metadata)
     return report
 
@@ -123,8 +146,10 @@ def _warn_silent(report: ComfyReport, path: Path, shapes: dict, metadata: dict) 
     heads = report.spec.num_heads
     claimed = json.loads(metadata.get("wanlite.spec", "{}") or "{}").get("num_heads")
     if claimed not in (None, heads):
-        report.warnings.append(f"the file's metadata says {claimed} heads, but ComfyUI uses dim // 128 = {heads} "
-                               f"heads of {COMFY_HEAD_DIM}: it loads silently and computes wrong outputs")
+        report.warnings.append(
+            f"the file's metadata says {claimed} heads, but ComfyUI uses dim // 128 = {heads} "
+            f"heads of {COMFY_HEAD_DIM}: it loads silently and computes wrong outputs"
+        )
     config = path.parent / "config.json"
     if config.exists():
         try:
@@ -133,16 +158,22 @@ def _warn_silent(report: ComfyReport, path: Path, shapes: dict, metadata: dict) 
             cfg = {}
         said = cfg.get("num_heads", cfg.get("num_attention_heads"))
         if said not in (None, heads):
-            report.warnings.append(f"{config.name} beside the file says {said} heads; ComfyUI never reads it and "
-                                   f"runs {heads} heads of {COMFY_HEAD_DIM}")
+            report.warnings.append(
+                f"{config.name} beside the file says {said} heads; ComfyUI never reads it and "
+                f"runs {heads} heads of {COMFY_HEAD_DIM}"
+            )
     ffn = {k: v[0] for k, v in shapes.items() if k.endswith(".ffn.0.weight")}
     if len(set(ffn.values())) > 1:
-        report.warnings.append(f"per-block FFN widths differ {sorted(set(ffn.values()))}; ComfyUI builds every "
-                               f"block with block 0's width {report.spec.ffn_dim}")
+        report.warnings.append(
+            f"per-block FFN widths differ {sorted(set(ffn.values()))}; ComfyUI builds every "
+            f"block with block 0's width {report.spec.ffn_dim}"
+        )
     gap = [k for k in report.unexpected if k.startswith("blocks.")]
     if gap:
-        report.warnings.append(f"block numbers have a gap: {len(gap)} keys after block {report.spec.num_layers - 1} "
-                               "are silently dropped by ComfyUI")
+        report.warnings.append(
+            f"block numbers have a gap: {len(gap)} keys after block {report.spec.num_layers - 1} "
+            "are silently dropped by ComfyUI"
+        )
     if any(k.endswith("norm3.weight") for k in report.missing):
         report.warnings.append("norm3 (the cross-attention norm) is missing: ComfyUI logs it and produces NaN")
 
@@ -152,14 +183,17 @@ def load(path, torch_dtype=torch.float32, device=None):
     garbage (missing / unexpected / mis-shaped keys) with the report in the message."""
     report = check(path)
     if not report.ok:
-        raise FormatError(f"{path}: ComfyUI would mis-load this file.\n{report!r}\n"
-                          "Fix: export the model with wanlite (save_wan / wanlite convert --layout comfyui).")
+        raise FormatError(
+            f"{path}: ComfyUI would mis-load this file.\n{report!r}\n"
+            "Fix: export the model with wanlite (save_wan / wanlite convert --layout comfyui)."
+        )
     if report.model_class in ("WAN21_Vace", "WAN21_Camera"):
         raise FormatError(f"{path}: {report.model_class} models are detected but not built by wanlite.")
     entries, metadata = read_header(Path(path))
-    entries = {k[len(report.prefix):]: e for k, e in entries.items() if k.startswith(report.prefix)}
-    source = WanSource(Path(path), "single-file", report.spec, entries, "official", None, metadata,
-                       ["loaded as ComfyUI infers it"])
+    entries = {k[len(report.prefix) :]: e for k, e in entries.items() if k.startswith(report.prefix)}
+    source = WanSource(
+        Path(path), "single-file", report.spec, entries, "official", None, metadata, ["loaded as ComfyUI infers it"]
+    )
     model = materialize(source, torch_dtype, device)
     if torch_dtype in (torch.float16, "fp16"):
         big = [n for n, p in model.named_parameters() if p.float().abs().max() > 65504]

@@ -19,11 +19,22 @@ from typing import Iterator
 
 import torch
 
-from .errors import DestinationExistsError, FormatError
+from ..errors import DestinationExistsError, FormatError
 
-DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-          "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle"}
 _MAX_HEADER = 100 * 1024 * 1024
 
@@ -45,7 +56,8 @@ def refuse_pickle(path: Path) -> None:
         raise FormatError(
             f"{path}: a PyTorch pickle ({path.suffix}) is never loaded by wanlite: unpickling runs arbitrary code. "
             "Fix: convert it to .safetensors in a trusted environment "
-            "(safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')), then load that.")
+            "(safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')), then load that."
+        )
 
 
 def read_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
@@ -81,8 +93,10 @@ def read_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
         for s in shape:
             numel *= s
         if end - start != numel * dtype.itemsize or end > size or start < base:
-            raise FormatError(f"{bad}: tensor {name!r} lies outside the file or has the wrong byte length "
-                              f"(file is {size} bytes; truncated?). {fix}")
+            raise FormatError(
+                f"{bad}: tensor {name!r} lies outside the file or has the wrong byte length "
+                f"(file is {size} bytes; truncated?). {fix}"
+            )
         entries[name] = TensorEntry(path, name, dtype, shape, start, end)
     return entries, dict(metadata)
 
@@ -90,8 +104,9 @@ def read_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
 _CHUNK = 4 * 1024 * 1024  # bytes of scratch for dtype conversion
 
 
-def read_tensor(entry: TensorEntry, dtype: torch.dtype | None = None, device=None, fh=None,
-                scratch: torch.Tensor | None = None) -> torch.Tensor:
+def read_tensor(
+    entry: TensorEntry, dtype: torch.dtype | None = None, device=None, fh=None, scratch: torch.Tensor | None = None
+) -> torch.Tensor:
     """Read one tensor straight into fresh memory. A dtype conversion streams through `scratch` (a few MB of
     bytes, reused across calls so the allocator never fragments), so converting a whole model costs the converted
     model and nothing more."""
@@ -133,11 +148,13 @@ def check_destination(out: Path, overwrite: bool, want_dir: bool) -> None:
     if want_dir and out.is_file():
         raise DestinationExistsError(f"{out} is a file, but this export is a directory. Fix: choose another path.")
     if not want_dir and out.is_dir():
-        raise DestinationExistsError(f"{out} is a directory, but this export is one file. "
-                                     "Fix: give a file path ending in .safetensors.")
+        raise DestinationExistsError(
+            f"{out} is a directory, but this export is one file. Fix: give a file path ending in .safetensors."
+        )
     if not overwrite and (out.is_file() or any(out.iterdir())):
-        raise DestinationExistsError(f"{out} already exists. Fix: pass overwrite=True (CLI: --overwrite) "
-                                     "to replace it, or choose another path.")
+        raise DestinationExistsError(
+            f"{out} already exists. Fix: pass overwrite=True (CLI: --overwrite) to replace it, or choose another path."
+        )
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Iterable, Mapping, TypeVar
 
-from .errors import FormatError
+from ..errors import FormatError
 
 V = TypeVar("V")
 

@@ -1,0 +1,234 @@
+"""`save_wan`: write a Wan transformer so every Wan tool loads it as Wan — the official release layout, one
+ComfyUI file, or a diffusers directory — atomically, with provenance, the student's records and a model card."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .._version import __version__
+from ..errors import FormatError, SpecError
+from . import keys as keymap
+from .io import atomic_path, write_json
+from .load import INDEX, SHORT, parse_dtype
+from .records import PRUNING_FILE, pruning_metadata
+from .spec import WanSpec, spec_of
+
+LAYOUTS = ("wan", "comfyui", "diffusers")
+FEW_STEP_OBJECTIVES = ("guided", "trajectory", "dmd")  # students that must not be sampled like their teacher
+FORMAT_LINE = {
+    "wan": "official Wan release layout (WanModel config.json, official key names; ComfyUI-ready weights)",
+    "comfyui": "one ComfyUI diffusion-model file (official key names) for models/diffusion_models/",
+    "diffusers": "diffusers WanTransformer3DModel directory",
+}
+
+
+@dataclass
+class Export:
+    """What `save_wan` wrote. `os.fspath(export)` is its path."""
+
+    path: Path
+    layout: str
+    spec: WanSpec
+    dtype: str
+    files: list[str]
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        files = "\n".join(f"  - {f}" for f in self.files)
+        return (
+            f"✓ Model saved successfully to: {self.path}\n{files}\n  Format: {FORMAT_LINE[self.layout]} ({self.dtype})"
+        )
+
+
+def default_comfyui_name(spec: WanSpec, dtype: torch.dtype) -> str:
+    """e.g. wanlite_t2v_0.6B_bf16.safetensors: what it is, how big, which dtype."""
+    n = spec.num_params()
+    size = f"{n / 1e9:.1f}B" if n >= 1e8 else f"{n / 1e6:.0f}M"
+    return f"wanlite_{spec.model_type}_{size}_{SHORT[dtype]}.safetensors"
+
+
+def _metadata(spec: WanSpec, provenance: dict | None, pruning, sampling, beside_file: bool) -> dict[str, str]:
+    meta = {
+        "format": "pt",
+        "wanlite.version": json.dumps(__version__),
+        "wanlite.spec": json.dumps({**spec.__dict__, "patch_size": list(spec.patch_size)}),
+    }
+    if pruning is not None:
+        meta["wanlite.pruning"] = pruning_metadata(pruning, beside_file)
+    if sampling is not None:
+        meta["wanlite.sampling"] = json.dumps(sampling.to_dict())
+    for key, value in (provenance or {}).items():
+        meta.setdefault(f"wanlite.{key}", json.dumps(value, default=str))  # never overrides the records
+    return meta
+
+
+def _state(model, dtype: torch.dtype | None, official: bool) -> dict[str, torch.Tensor]:
+    state = {}
+    for name, t in model.state_dict().items():
+        t = t.detach().to("cpu", dtype or t.dtype).contiguous()
+        if dtype == torch.float16 and t.is_floating_point() and t.abs().max() > torch.finfo(torch.float16).max:
+            raise SpecError(
+                f"weight {name} exceeds the fp16 range ({t.abs().max().item():.3g} > 65504). Fix: export bf16 or fp32."
+            )
+        state[name] = t
+    return keymap.to_official(state) if official else state
+
+
+def _write_weights(folder: Path, state: dict, metadata: dict, max_shard_size) -> list[str]:
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    split = split_torch_state_dict_into_shards(
+        state, filename_pattern="diffusion_pytorch_model{suffix}.safetensors", max_shard_size=max_shard_size
+    )
+    for filename, names in split.filename_to_tensors.items():
+        save_file({n: state[n] for n in names}, str(folder / filename), metadata=metadata)
+    files = list(split.filename_to_tensors)
+    if split.is_sharded:
+        total = sum(t.numel() * t.element_size() for t in state.values())
+        write_json(folder / INDEX, {"metadata": {"total_size": total}, "weight_map": dict(split.tensor_to_filename)})
+        files.append(INDEX)
+    return files
+
+
+def save_wan(
+    model,
+    out,
+    layout: str = "wan",
+    dtype=None,
+    provenance: dict | None = None,
+    overwrite: bool = False,
+    allow_non_comfyui: bool = False,
+    max_shard_size="10GB",
+    comfyui_root=None,
+) -> Export:
+    """Write a Wan transformer so every Wan tool loads it as Wan.
+
+    layout "wan": the official release directory (config.json with exactly WanModel's fields, official key names,
+    shards + index above `max_shard_size`, safetensors metadata, a model card). "comfyui": one .safetensors
+    (bf16 by default) for ComfyUI/models/diffusion_models/ — `out` is the file path, or a directory to put the
+    default-named file in; `comfyui_root` writes straight into a ComfyUI install. "diffusers": a directory
+    `WanTransformer3DModel.from_pretrained` loads. The model's `.pruning` record travels in the metadata (and
+    as pruning.json in directory layouts). Refuses specs ComfyUI would mis-load unless `allow_non_comfyui`;
+    atomic; never overwrites without `overwrite=True`."""
+    if layout not in LAYOUTS:
+        raise FormatError(f"unknown layout {layout!r}. Fix: use one of {list(LAYOUTS)}.")
+    spec = spec_of(model)
+    torch_dtype = parse_dtype(dtype) or (torch.bfloat16 if layout == "comfyui" else next(model.parameters()).dtype)
+    if not allow_non_comfyui:
+        spec.check_comfyui(where=f"save_wan({layout!r})")
+    out = _comfyui_target(out, comfyui_root, spec, torch_dtype) if layout == "comfyui" else Path(out)
+    pruning, sampling = getattr(model, "pruning", None), getattr(model, "sampling", None)
+    if sampling is None and (provenance or {}).get("objective") in FEW_STEP_OBJECTIVES:
+        raise SpecError(
+            f"save_wan: a student trained with objective {provenance['objective']!r} samples with its own "
+            "steps and guidance, but it carries no sampling record: every tool would sample it like the "
+            "teacher. Fix: set model.sampling = wanlite.formats.Sampling(...) (distill() sets it)."
+        )
+    metadata = _metadata(spec, provenance, pruning, sampling, beside_file=layout != "comfyui")
+    with atomic_path(out, overwrite, is_dir=layout != "comfyui") as tmp:
+        state = _state(model, torch_dtype, official=layout != "diffusers")
+        if layout == "comfyui":
+            from safetensors.torch import save_file
+
+            save_file(state, str(tmp), metadata=metadata)
+            files = [out.name]
+        else:
+            if layout == "wan":
+                config = spec.to_official_config()
+            else:
+                import diffusers
+
+                config = {
+                    "_class_name": "WanTransformer3DModel",
+                    "_diffusers_version": diffusers.__version__,
+                    **spec.to_diffusers_config(),
+                }
+            write_json(tmp / "config.json", config)
+            files = ["config.json"] + _write_weights(tmp, state, metadata, max_shard_size)
+            if pruning is not None:
+                (tmp / PRUNING_FILE).write_text(pruning.to_json())
+                files.append(PRUNING_FILE)
+            if layout == "wan":
+                (tmp / "README.md").write_text(model_card(spec, provenance, SHORT[torch_dtype], pruning, sampling))
+                files.append("README.md")
+        del state
+    if layout == "comfyui" and sampling is not None:  # drag-and-drop and API workflows that sample it right
+        from .workflow import write_workflows
+
+        files += write_workflows(out, sampling, channels=spec.out_dim, overwrite=overwrite)
+    return Export(out, layout, spec, SHORT[torch_dtype], files)
+
+
+def _comfyui_target(out, comfyui_root, spec: WanSpec, dtype) -> Path:
+    name = default_comfyui_name(spec, dtype)
+    if comfyui_root is not None:
+        root = Path(comfyui_root)
+        if not (root / "models").is_dir():
+            raise FormatError(
+                f"{root}: is not a ComfyUI install (no models/ folder). Fix: pass the ComfyUI root directory."
+            )
+        folder = root / "models" / "diffusion_models"
+        folder.mkdir(exist_ok=True)
+        return folder / (Path(out).name if out else name)
+    if out is None:
+        raise FormatError("save_wan(layout='comfyui') needs out (a file or directory path) or comfyui_root.")
+    out = Path(out)
+    if out.is_dir() or out.suffix != ".safetensors":
+        return out / name
+    return out
+
+
+def model_card(spec: WanSpec, provenance: dict | None, dtype: str, pruning=None, sampling=None) -> str:
+    """A Hugging Face model card: what this is and how to load it in ComfyUI, diffusers and the official code."""
+    prov = dict(provenance or {})
+    if pruning is not None:
+        prov["pruning"] = pruning.summary()
+    teacher = prov.get("teacher")
+    base = f"base_model: {teacher}\n" if isinstance(teacher, str) and teacher.count("/") == 1 else ""
+    task = {"t2v": "text-to-video", "ti2v": "text-to-video"}.get(spec.model_type, "image-to-video")
+    rows = "\n".join(f"| {k} | `{json.dumps(v, default=str)[:200]}` |" for k, v in prov.items())
+    latents = "Wan 2.2 (48-channel)" if spec.out_dim == 48 else "Wan 2.1 (16-channel)"
+    how = "sampling as for the teacher (shift 8 default, flow prediction)"
+    if sampling is not None:
+        c = sampling.comfyui()
+        sched = c["scheduler"] if c["sigmas"] is None else f"exact sigmas {c['sigmas']} (ManualSigmas)"
+        how = (
+            f"sample it with its own settings, not the teacher's: {c['sampler_name']}, {sched}, {c['steps']} steps, "
+            f"cfg {c['cfg']:g}, ModelSamplingSD3 shift {c['shift']:g} ({sampling.forwards} forwards per video; "
+            "the workflow JSON written beside the ComfyUI file does this)"
+        )
+    return f"""---
+{base}library_name: diffusers
+pipeline_tag: {task}
+tags:
+- wan
+- video
+- {task}
+- wanlite
+- distillation
+---
+# wanlite Wan {spec.model_type} transformer
+
+{spec}. Weights: {dtype}, official Wan key names. Made by [wanlite](https://pypi.org/project/wanlite/) — the
+same architecture as the Wan release it came from, with head_dim {spec.head_dim}, so every Wan tool loads it as Wan.
+Use it with the teacher's {latents} VAE and umT5-XXL text encoder.
+
+| provenance | value |
+|---|---|
+{rows or "| (none recorded) | |"}
+
+## Load it
+- **ComfyUI**: `wanlite convert THIS_DIR ComfyUI/models/diffusion_models/student.safetensors --layout comfyui`
+  (or copy `diffusion_pytorch_model.safetensors` there when it is a single file), then the
+  "Load Diffusion Model" node; {how}.
+- **official Wan code**: `WanModel.from_pretrained("THIS_DIR")`.
+- **diffusers**: `wanlite.load_wan("THIS_DIR")` returns a `WanTransformer3DModel`; or
+  `wanlite convert THIS_DIR OUT --layout diffusers` then `WanTransformer3DModel.from_pretrained(OUT)`.
+"""
