@@ -72,6 +72,17 @@ def test_guided_target_is_the_teachers_cfg_velocity_and_a_teacher_copy_has_zero_
         assert same.loss(same.raw_student, batch, [0, 1, 2, 3]).parts["out"].item() == 0.0
 
 
+def test_guided_with_student_sigma_sampling_trains_only_where_the_student_samples():
+    cfg = DistillConfig(objective="guided", guidance=4.0, student_steps=3, sigma_sampling="student")
+    obj = _objective(Guided, cfg, _teacher(), _teacher())
+    batch = collate([_data()[i] for i in range(24)])
+    sigma = model_inputs(batch, list(range(24)), 0, obj.noising, "cpu")["sigma"]
+    visited = torch.tensor(shifted_schedule(3, 5.0)[:-1])
+    assert set(sigma.tolist()) == set(visited.tolist())  # every one of the k sigmas, and nothing else
+    with pytest.raises(ConfigError, match="sigma_sampling='student'.*for guided"):
+        DistillConfig(objective="velocity", sigma_sampling="student")  # a velocity student samples like the teacher
+
+
 def test_trajectory_targets_are_the_teachers_ode_states_at_the_student_sigmas(tmp_path):
     teacher, sigmas = _teacher(), shifted_schedule(3, 5.0)
     out = write_ode(teacher, _data(4), tmp_path / "ode", sigmas, guidance=3.0, shift=5.0, substeps=6, batch_size=2)
@@ -101,10 +112,6 @@ def test_trajectory_loss_is_zero_when_the_student_lands_on_the_teachers_states(t
     cfg = DistillConfig(objective="trajectory", student_steps=2, guidance=2.0, w_final=1.0)
     obj = _objective(Trajectory, cfg, teacher, copy.deepcopy(teacher))
     obj.teacher = teacher
-
-    class Oracle(torch.nn.Module):  # the secant velocity of the cached states: lands exactly
-        pass
-
     source = obj.data(_data(6), tmp_path, __import__("accelerate").Accelerator(cpu=True))
     batch = collate([source[i] for i in range(3)])
     x, x_next, s, s_next = obj._interval(batch, [0, 1, 2])
@@ -273,6 +280,24 @@ def test_a_few_step_student_carries_its_sampling_through_every_layout(tmp_path):
     assert all(link[3] in {n["id"] for n in ui["nodes"]} for link in ui["links"])
 
 
+def _comfyui_simple_sigmas(steps: int, shift: float) -> list[float]:
+    """ComfyUI's KSampler(scheduler="simple") under ModelSamplingSD3(shift), as comfy/samplers.py simple_scheduler
+    and comfy/model_sampling.py ModelSamplingDiscreteFlow compute it: a 1000-entry float32 table, indexed."""
+    t = torch.arange(1, 1001, dtype=torch.float32) / 1000
+    table = shift * t / (1 + (shift - 1) * t)  # time_snr_shift
+    return [float(table[-(1 + int(x * (len(table) / steps)))]) for x in range(steps)] + [0.0]
+
+
+@pytest.mark.parametrize("steps", [2, 4, 8])
+def test_comfyuis_simple_scheduler_gives_exactly_the_recorded_sigmas(steps):
+    how = Sampling(steps=steps, guidance=1.0, shift=5.0, solver="euler")
+    assert how.comfyui()["scheduler"] == "simple"
+    assert _comfyui_simple_sigmas(steps, 5.0) == pytest.approx(list(how.schedule()), abs=1e-6)
+    odd = Sampling(steps=3, guidance=1.0, shift=5.0, solver="euler")  # 1000 / 3 is not whole: the table misses
+    assert _comfyui_simple_sigmas(3, 5.0) != pytest.approx(list(odd.schedule()), abs=1e-6)
+    assert odd.comfyui()["scheduler"] == "manual sigmas" and odd.comfyui()["sigmas"] == list(odd.schedule())
+
+
 def test_an_exact_schedule_goes_through_manual_sigmas_and_euler_reproduces_it(tmp_path):
     from wanlite.formats.workflow import api_format, graph
 
@@ -280,7 +305,6 @@ def test_an_exact_schedule_goes_through_manual_sigmas_and_euler_reproduces_it(tm
     api = {v["class_type"]: v["inputs"] for v in api_format(graph("s.safetensors", how)).values()}
     assert [float(x) for x in api["ManualSigmas"]["sigmas"].split(",")] == [1.0, 0.8, 0.3, 0.0]
     assert api["KSamplerSelect"]["sampler_name"] == "euler" and api["SamplerCustom"]["cfg"] == 1.0
-    assert Sampling(steps=3, guidance=1.0, shift=5.0, solver="euler").comfyui()["scheduler"] == "manual sigmas"
     teacher = _teacher()
     ctx = _data()[0]["context"][None]
     run = sample(teacher, (1, *SHAPE), ctx, sampling=how, seed=0, return_trajectory=True)

@@ -114,10 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("student")
     p.add_argument("--prompts", nargs="*", help="captions (toy world) to sample")
     p.add_argument("--out", required=True, help="report directory")
-    p.add_argument("--steps", type=int, help="sampling steps (default 20; a toy bundle brings its own)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
-    p.add_argument("--shift", type=float, help="flow shift of the schedule")
-    p.add_argument("--scheduler", choices=["unipc", "euler"])
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="the teacher's steps (default 20; a toy bundle brings its own); a student samples at its own settings",
+    )
+    p.add_argument("--guidance", type=float, help="the teacher's classifier-free guidance scale")
+    p.add_argument("--shift", type=float, help="flow shift of the teacher's schedule")
+    p.add_argument("--scheduler", choices=["unipc", "euler", "lcm"], help="the teacher's solver")
     p.add_argument("--repeats", type=int, help="timed forwards per model")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="both models run in this dtype")
     p.add_argument("--vae", help="a local diffusers AutoencoderKLWan directory (pixel PSNR/SSIM)")

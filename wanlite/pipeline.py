@@ -1,4 +1,5 @@
-"""Run the five notebooks in order with papermill: `python -m wanlite.pipeline --run NAME --params FILE`.
+"""Run the five notebooks in order with papermill: `python -m wanlite.pipeline --run NAME --params FILE
+[--set KEY=VALUE ...]` (a `--set` wins over the file).
 
 Each notebook gets the parameters its `parameters` cell declares (from the YAML file, plus `run_dir`), writes its
 executed copy to runs/<run>/, and the run stops at the first failing notebook, showing the failing cell.
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from .core.overrides import parse_overrides
 from .errors import WanliteError
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -104,9 +106,17 @@ def main(argv=None) -> int:
     parser.add_argument("--run", default="toy", help="run name: outputs go to runs/<run>/")
     parser.add_argument("--params", default=None, help="YAML parameters (e.g. params/toy.yaml)")
     parser.add_argument("--only", nargs="*", help="notebook prefixes to run, e.g. 01 02")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a parameter (a YAML value)"
+    )
     args = parser.parse_args(argv)
     try:
-        print(repr(run_pipeline(args.run, args.params, only=args.only)))
+        values = (load_params(args.params) if args.params else {}) | parse_overrides(args.set)
+    except WanliteError as err:  # bad input: nothing ran
+        print(f"pipeline: {err}", file=sys.stderr)
+        return 2
+    try:
+        print(repr(run_pipeline(args.run, values, only=args.only)))
     except WanliteError as err:
         print(f"pipeline stopped: {err}", file=sys.stderr)
         return 1

@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-import yaml
-
-from ..errors import ConfigError, WanliteError
+from ..core.overrides import parse_overrides
+from ..errors import WanliteError
 from .config import DistillConfig
 from .loop import distill
 
@@ -25,13 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = DistillConfig.from_yaml(args.config)
-        changes = {}
-        for item in args.set:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lr=1e-4.")
-            changes[key] = yaml.safe_load(value)
-        print(distill(cfg.replace(**changes), resume=args.resume))
+        print(distill(cfg.replace(**parse_overrides(args.set)), resume=args.resume))
     except WanliteError as err:
         print(f"wanlite distill: {err}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from ..errors import ConfigError
+from .inputs import SIGMA_SAMPLING
 
 OBJECTIVE_NAMES = ("velocity", "guided", "trajectory", "dmd")  # train/objectives/, one module each
 
@@ -45,7 +46,7 @@ class DistillConfig:
     teacher_dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
     gradient_checkpointing: bool = False  # recompute student blocks in backward (less memory, ~30% slower)
     shift: float = 5.0  # Wan's sigma shift for training sigmas
-    sigma_sampling: str = "uniform"  # uniform | logit_normal (before the shift)
+    sigma_sampling: str = "uniform"  # uniform | logit_normal (before the shift) | student (guided: its k sigmas)
     uncond_fraction: float = 0.1  # share of samples that see the negative (empty-prompt) context
     w_out: float = 1.0  # weight of MSE(v_student, v_teacher)
     w_feat: float = 0.0  # weight of the summed feature MSE at mapped blocks
@@ -90,6 +91,13 @@ class DistillConfig:
         if self.objective not in OBJECTIVE_NAMES:
             raise ConfigError(
                 f"DistillConfig.objective={self.objective!r} is not known; expected one of {list(OBJECTIVE_NAMES)}."
+            )
+        if self.sigma_sampling not in SIGMA_SAMPLING or (
+            self.sigma_sampling == "student" and self.objective != "guided"
+        ):
+            raise ConfigError(
+                f"DistillConfig.sigma_sampling={self.sigma_sampling!r} with objective {self.objective!r}; expected "
+                f"one of {list(SIGMA_SAMPLING)} ('student', the k sigmas the student samples at, is for guided)."
             )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"DistillConfig.lr={self.lr!r}: the learning rate must be a positive number.")

@@ -17,11 +17,20 @@ import torch
 from ..core.flow import add_noise, shift_sigma, velocity_target
 from ..errors import ConfigError
 
-SIGMA_SAMPLING = ("uniform", "logit_normal")
+SIGMA_SAMPLING = ("uniform", "logit_normal", "student")
 
 
-def draw_sigma(u: torch.Tensor, shift: float, sampling: str = "uniform") -> torch.Tensor:
-    """Map uniform draws u in (0, 1) to training sigmas: uniform or logit-normal, then Wan's shift."""
+def draw_sigma(u: torch.Tensor, shift: float, sampling: str = "uniform", schedule=None) -> torch.Tensor:
+    """Map uniform draws u in (0, 1) to training sigmas: uniform or logit-normal, then Wan's shift; or "student":
+    one of the sigmas a few-step student visits (`schedule`, already shifted), each equally often."""
+    if sampling == "student":
+        if not schedule:
+            raise ConfigError(
+                "sigma_sampling='student' draws the student's own sigmas, but this objective has no student "
+                "schedule. Fix: use it with objective guided (and student_steps), or sigma_sampling: uniform."
+            )
+        visited = torch.tensor(schedule, dtype=u.dtype, device=u.device)
+        return visited[(u * len(visited)).long().clamp(max=len(visited) - 1)]
     if sampling == "uniform":
         sigma = u
     elif sampling == "logit_normal":  # SD3-style: sigmoid of a standard normal (inverse CDF of u)
@@ -69,6 +78,7 @@ class Noising:
     shift: float = 5.0  # Wan's sigma shift used when drawing training sigmas
     sigma_sampling: str = "uniform"  # uniform | logit_normal, before the shift
     uncond_fraction: float = 0.1  # share of samples that see the negative (empty-prompt) context
+    schedule: tuple[float, ...] | None = None  # sigma_sampling "student": the sigmas the student samples at
 
     @classmethod
     def of(cls, cfg) -> "Noising":
@@ -87,7 +97,7 @@ def model_inputs(batch: dict, keys: list[int], seed: int, noising: Noising, devi
     else:
         x0 = batch["latents"].to(device).float()
         eps, u_sigma, u_drop = sample_draws(keys, seed, tuple(x0.shape[1:]), device)
-        sigma = draw_sigma(u_sigma, noising.shift, noising.sigma_sampling)
+        sigma = draw_sigma(u_sigma, noising.shift, noising.sigma_sampling, noising.schedule)
         noisy, task = add_noise(x0, eps, sigma), velocity_target(x0, eps)
     context = batch["context"].to(device).float()  # caches may hold bf16; the models cast (teacher) or autocast
     negative = batch.get("negative_context")

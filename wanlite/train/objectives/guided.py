@@ -1,7 +1,9 @@
 """`guided`: classifier-free guidance distillation. The target is the teacher's guided velocity
 v_u + g·(v_c − v_u) at a fixed g: the student learns to produce in one forward what the teacher produces in two,
-and samples at cfg 1 (half the forwards, no negative prompt). Wan has no guidance input, and adding one would
-break the Wan key and shape contract, so g is fixed by the config and recorded in the student's sampling record.
+and samples at cfg 1 (half the forwards, no negative prompt). With `sigma_sampling: student` it trains only at the
+sigmas its own few-step schedule visits, where all of its capacity is needed. Wan has no guidance input, and adding
+one would break the Wan key and shape contract, so g is fixed by the config and recorded in the student's sampling
+record.
 
 Everything else is the `velocity` objective: the same noising (only conditional samples: a guidance-free student
 has no unconditional branch to learn), feature and task terms, and a teacher-target cache can hold the guided
@@ -31,7 +33,8 @@ class Guided(Velocity):
                 "> 0 (Wan's default is 5; 1 means no guidance and is the velocity objective)."
             )
         super().__init__(cfg, teacher, student, block_map, kept_channels, source, device)
-        self.noising = dataclasses.replace(self.noising, uncond_fraction=0.0)
+        visited = student_sampling(cfg, self.name).schedule()[:-1]  # sigma_sampling "student" trains only there
+        self.noising = dataclasses.replace(self.noising, uncond_fraction=0.0, schedule=visited)
 
     def _check_target_cache(self, source) -> None:
         super()._check_target_cache(source)
