@@ -76,12 +76,12 @@ def _download(repo, fetch: dict, patterns: list[str]) -> str:
 
     try:
         return snapshot_download(allow_patterns=patterns, **fetch)
-    except LocalEntryNotFoundError:
+    except LocalEntryNotFoundError as err:
         raise FormatError(
-            f"{repo}: no such local path, and the Hub repository is not in the local cache "
+            f"{repo}: no such local path, and the Hub repository is not (completely) in the local cache "
             f"({fetch['cache_dir'] or 'HF_HUB_CACHE'}) while downloads are off (HF_HUB_OFFLINE=1 or "
             "local_files_only=True) or the Hub cannot be reached. Fix: check the path, or download it once online "
-            "(unset HF_HUB_OFFLINE), or point cache_dir / HF_HOME at the cache that holds it."
+            f"(unset HF_HUB_OFFLINE), or point cache_dir / HF_HOME at the cache that holds it. ({err})"
         ) from None
     except RevisionNotFoundError:
         raise FormatError(
