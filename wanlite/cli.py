@@ -57,6 +57,13 @@ def _convert(args) -> int:
     return 0
 
 
+def _lora_remap(args) -> int:
+    from .compress.lora import remap
+
+    print(repr(remap(args.lora, args.student, out=args.out, format=args.format, overwrite=args.overwrite)))
+    return 0
+
+
 def _compare(args) -> int:
     from .formats import parse_dtype
     from .runs import compare_paths
@@ -121,6 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-non-comfyui", action="store_true", help="export even if ComfyUI would mis-load it")
     _hub_options(p)
     p.set_defaults(run=_convert)
+
+    p = sub.add_parser("lora", help="LoRAs for a student: `wanlite lora remap LORA --student STUDENT --out OUT`")
+    lora = p.add_subparsers(dest="lora_command", required=True)
+    p = lora.add_parser("remap", help="rewrite a LoRA trained on the teacher for the pruned student, exactly")
+    p.add_argument("lora", help="the teacher's LoRA (.safetensors: ComfyUI/official, kohya/musubi or diffusers names)")
+    p.add_argument("--student", required=True, help="the student (any Wan path of it; it carries its pruning record)")
+    p.add_argument("--out", required=True, help="the student's LoRA (.safetensors)")
+    p.add_argument("--format", choices=["comfyui", "kohya", "diffusers"], help="key names to write (default: as given)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.set_defaults(run=_lora_remap)
 
     p = sub.add_parser("compare", help="compare a student with its teacher; write figures, metrics and a report")
     p.add_argument("teacher")
