@@ -75,6 +75,13 @@ def test_hub_ids_resolve_offline_from_the_cache_with_revision_and_subfolder(mode
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # what HF_HOME / HF_HUB_CACHE set
     assert load_teacher("org/wan-tiny").config.num_layers == spec.num_layers  # the notebooks' teacher_path
     assert main(["inspect", "org/wan-tiny", "--revision", "v0"]) == 0
+    a14b = tmp_path / "a14b"  # Wan2.2 A14B: two experts in one repository
+    for expert, kind in (("high_noise_model", "t2v"), ("low_noise_model", "ti2v")):
+        save_wan(models[kind][1], a14b / expert)
+    cache_repo(cache, "org/a14b", {("main", COMMIT): a14b})
+    assert load_wan("org/a14b", cache_dir=cache, expert="low_noise").config.out_channels == 48
+    with pytest.raises(FormatError, match="two experts"):
+        load_wan("org/a14b", cache_dir=cache)
     with pytest.raises(FormatError, match="not .*in the local cache.*HF_HUB_OFFLINE"):
         load_wan("org/not-cached", cache_dir=cache)
     with pytest.raises(FormatError, match="not .*in the local cache"):

@@ -145,8 +145,8 @@ def save_in_place(model, directory, layout: str = "wan", variant: str | None = N
     files of this save replaced, stale shards of the same variant and a stale pruning record removed, every
     other file kept). Each file is written whole before it replaces the old one."""
     out = Path(directory)
-    if layout == "comfyui":  # one file: replaced atomically
-        return save_wan(model, out, layout=layout, overwrite=True, **save)
+    if layout == "comfyui":  # one file: replaced atomically (a variant names directory weights: refused there)
+        return save_wan(model, out, layout=layout, overwrite=True, variant=variant, **save)
     if out.is_file():
         raise FormatError(f"{out}: is a file; save_pretrained writes a directory. Fix: give a directory path.")
     if not out.exists() or not any(out.iterdir()):
