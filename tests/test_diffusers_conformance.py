@@ -73,6 +73,8 @@ def test_wan_pipeline_save_then_from_pretrained_gives_the_same_video(student, tm
     back = WanPipeline.from_pretrained(tmp_path / "pipe", **no_text)
     assert type(back.transformer) is WanLiteStudent and same_weights(back.transformer, student)
     assert (run(back) - reference).abs().max() <= 1e-6  # same weights; ~1e-7 float noise from their memory layout
+    alone = WanLiteStudent.from_pretrained(tmp_path / "pipe", subfolder="transformer")  # diffusers' way to one part
+    assert same_weights(alone, student)
     given = WanPipeline.from_pretrained(tmp_path / "pipe", transformer=student, **no_text)  # a component passed in
     assert given.transformer is student and torch.equal(run(given), reference)
 

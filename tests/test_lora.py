@@ -150,6 +150,10 @@ def test_bad_inputs_say_what_is_wrong(teacher, tmp_path):
         loras.remap(official_lora(teacher, full=False), plain)
     with pytest.raises(FormatError, match="unknown LoRA format.*kohya/musubi"):
         loras.remap({"unet.down_blocks.0.lora.up.weight": torch.zeros(2, 2)}, student)
+    half = official_lora(teacher, full=False)
+    del half["diffusion_model.blocks.0.ffn.0.lora_up.weight"]
+    with pytest.raises(FormatError, match="only one LoRA factor.*incomplete"):
+        loras.remap(half, student)
     (tmp_path / "x.ckpt").write_bytes(b"0")
     with pytest.raises(FormatError, match="never loaded"):
         loras.remap(tmp_path / "x.ckpt", student)

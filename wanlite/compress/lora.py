@@ -85,8 +85,19 @@ def read(lora, where: str | None = None) -> tuple[dict[str, torch.Tensor], dict[
 
 
 def parse(state: dict, where: str) -> tuple[LoraFormat, dict[str, LoraKey]]:
+    """The file's format and what each key adapts; every down factor must have its up factor and vice versa."""
     fmt = detect(state, where)
-    return fmt, {k: fmt.parse(k, where) for k in state}
+    keys = {k: fmt.parse(k, where) for k in state}
+    parts = {(key.param, key.part) for key in keys.values()}
+    alone = sorted(
+        p for p, part in parts if part in ("down", "up") and (p, "up" if part == "down" else "down") not in parts
+    )
+    if alone:
+        raise FormatError(
+            f"{where}: {len(alone)} parameter(s) have only one LoRA factor (e.g. {alone[:2]}): the file is "
+            "incomplete. Fix: re-download or re-export the LoRA."
+        )
+    return fmt, keys
 
 
 def _pruning_of(student):
