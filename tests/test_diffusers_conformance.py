@@ -83,6 +83,11 @@ def test_wan_pipeline_save_then_from_pretrained_gives_the_same_video(student, tm
     assert (tmp_path / "pipe" / "transformer" / "notes.txt").read_text() == "mine"
     assert (run(WanPipeline.from_pretrained(tmp_path / "pipe", **no_text)) - reference).abs().max() <= 1e-6
 
+    pipe.save_pretrained(tmp_path / "fp16", variant="fp16")  # the variant reaches the transformer both ways
+    assert (tmp_path / "fp16" / "transformer" / "diffusion_pytorch_model.fp16.safetensors").exists()
+    back = WanPipeline.from_pretrained(tmp_path / "fp16", variant="fp16", **no_text)
+    assert same_weights(back.transformer, student)
+
 
 # ---------------------------------------------------------------------------------------------- save / load
 def test_save_pretrained_takes_diffusers_positional_arguments_and_writes_in_place(student, tmp_path, capsys):
