@@ -2,9 +2,10 @@
 
 It *is* diffusers' `WanTransformer3DModel` (nothing re-implemented) with three differences: it refuses shapes
 ComfyUI would mis-load, `save_pretrained` writes the official Wan layout (not diffusers'), and `from_pretrained`
-reads every Wan layout. The seeds' calling conventions (a config dict, or hidden_size/depth/... keywords) map
-onto the Wan config, so config.json still holds exactly the official fields. It carries its records:
-`.pruning` (what was kept from the teacher) and `.provenance`.
+reads every Wan layout, strictly. Everything else follows diffusers (`compress.pretrained`: its arguments, variants,
+device maps, Hub ids, in-place saves; a `WanPipeline` saves and reloads it). The seeds' calling conventions (a
+config dict, or hidden_size/depth/... keywords) map onto the Wan config, so config.json still holds exactly the
+official fields. It carries its records: `.pruning` (what was kept from the teacher) and `.provenance`.
 """
 
 from __future__ import annotations
