@@ -75,6 +75,11 @@ def test_hub_ids_resolve_offline_from_the_cache_with_revision_and_subfolder(mode
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # what HF_HOME / HF_HUB_CACHE set
     assert load_teacher("org/wan-tiny").config.num_layers == spec.num_layers  # the notebooks' teacher_path
     assert main(["inspect", "org/wan-tiny", "--revision", "v0"]) == 0
+    out = tmp_path / "old.safetensors"
+    assert (
+        main(["convert", "org/wan-tiny", str(out), "--layout", "comfyui", "--revision", "v0", "--dtype", "fp32"]) == 0
+    )
+    assert (forward(load_wan(out), models["ti2v"][2]) - other_reference).abs().max() <= 1e-6
     a14b = tmp_path / "a14b"  # Wan2.2 A14B: two experts in one repository
     for expert, kind in (("high_noise_model", "t2v"), ("low_noise_model", "ti2v")):
         save_wan(models[kind][1], a14b / expert)
