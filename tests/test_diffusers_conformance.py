@@ -145,10 +145,8 @@ def test_dtype_alias_keep_in_fp32_and_loading_info_match_diffusers(student, tmp_
     dtypes = {n: p.dtype for n, p in ours.named_parameters()}
     assert dtypes == {n: p.dtype for n, p in theirs.named_parameters()}
     assert {torch.float32, torch.bfloat16} == set(dtypes.values())  # norms, modulation, time embedder stay fp32
-    assert WanLiteStudent.from_pretrained(tmp_path / "d", torch_dtype=torch.float16, dtype=torch.bfloat16).dtype in (
-        torch.bfloat16,
-        torch.float32,
-    )
+    both = WanLiteStudent.from_pretrained(tmp_path / "d", torch_dtype=torch.float16, dtype=torch.bfloat16)
+    assert both.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16  # dtype wins, as in diffusers
 
     class OneName(WanLiteStudent):
         _keep_in_fp32_modules = "norm2"  # diffusers reads a bare string as one module name (not n, o, r, m, 2)
@@ -201,6 +199,12 @@ def test_rope_length_and_allow_non_comfyui_survive_config_save_and_load(tmp_path
         odd.save_pretrained(path, layout=layout)
         back = WanLiteStudent.from_pretrained(path)
         assert back.config.allow_non_comfyui and back.spec == narrow and same_weights(back, odd)
+    from wanlite.formats import save_wan
+
+    save_wan(odd, tmp_path / "theirs", layout="diffusers", allow_non_comfyui=True)  # no wanlite record of the flag
+    with pytest.raises(SpecError, match="allow_non_comfyui=True to load it anyway"):
+        WanLiteStudent.from_pretrained(tmp_path / "theirs")
+    assert WanLiteStudent.from_pretrained(tmp_path / "theirs", allow_non_comfyui=True).spec == narrow
 
 
 # --------------------------------------------------------------------------------------- training habits

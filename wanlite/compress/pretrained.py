@@ -83,7 +83,16 @@ def load_student(cls, path, kwargs: dict):
     init.setdefault("allow_non_comfyui", bool(saved.get("allow_non_comfyui", False)))
     if "rope_max_seq_len" in saved:
         init.setdefault("rope_max_seq_len", int(saved["rope_max_seq_len"]))
-    model = materialize(source, torch_dtype, target, cls, init)
+    try:
+        model = materialize(source, torch_dtype, target, cls, init)
+    except SpecError as err:
+        if init["allow_non_comfyui"]:
+            raise
+        raise SpecError(
+            f"{source.path}: WanLiteStudent refuses a checkpoint ComfyUI would mis-load:\n{err}\nFix: pass "
+            "allow_non_comfyui=True to load it anyway, or read it as a plain WanTransformer3DModel with "
+            "wanlite.load_wan(path)."
+        ) from None
     if strategy is not None:
         _dispatch(model, strategy, max_memory, offload_folder, torch_dtype)
     model.register_to_config(_name_or_path=str(path))
