@@ -111,7 +111,7 @@ def test_student_is_a_diffusers_wan_and_saves_as_wan(tmp_path, capsys):
     student = WanLiteStudent.from_spec(spec)
     assert isinstance(student, (WanTransformer3DModel, ModelMixin, ConfigMixin)) and student.spec == spec
     inputs = random_inputs(spec)
-    student.save_pretrained(tmp_path / "s")
+    student.save_pretrained(tmp_path / "s", verbose=True)
     printed = capsys.readouterr().out
     assert f"✓ Model saved successfully to: {tmp_path / 's'}" in printed and "config.json" in printed
     cfg = json.loads((tmp_path / "s" / "config.json").read_text())

@@ -43,6 +43,7 @@ _LAZY = {
     "CompareConfig": "evaluate",
     "compare_paths": "runs",
     "comfy": "formats.comfy",
+    "lora": "compress.lora",
     "toy": "toy",
     "runs": "runs",
 }

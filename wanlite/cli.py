@@ -9,7 +9,7 @@ import sys
 def _inspect(args) -> int:
     from .formats import comfy, inspect_wan
 
-    source = inspect_wan(args.path, expert=args.expert)
+    source = inspect_wan(args.path, expert=args.expert, **_hub(args))
     print(repr(source))
     if source.pruning is not None:
         pruning = source.pruning
@@ -40,7 +40,7 @@ def _convert(args) -> int:
     from .formats import load_wan, parse_dtype, save_wan
 
     dtype = parse_dtype(args.dtype)
-    model = load_wan(args.src, torch_dtype=dtype, expert=args.expert)
+    model = load_wan(args.src, torch_dtype=dtype, expert=args.expert, **_hub(args))
     provenance = dict(model.wanlite_source.provenance)
     provenance.setdefault("converted_from", str(args.src))
     export = save_wan(
@@ -54,6 +54,13 @@ def _convert(args) -> int:
         comfyui_root=args.comfyui_root,
     )
     print(repr(export))
+    return 0
+
+
+def _lora_remap(args) -> int:
+    from .compress.lora import remap
+
+    print(repr(remap(args.lora, args.student, out=args.out, format=args.format, overwrite=args.overwrite)))
     return 0
 
 
@@ -82,6 +89,17 @@ def _compare(args) -> int:
     return 0
 
 
+def _hub_options(p) -> None:
+    """Where to read in a directory or a Hub repository (org/name: only the transformer's files are fetched)."""
+    p.add_argument("--subfolder", help="folder (or one .safetensors file) inside the directory or Hub repository")
+    p.add_argument("--revision", help="Hub branch, tag or commit (for an org/name source)")
+    p.add_argument("--variant", help="diffusers weight variant to read, e.g. fp16 (diffusion_pytorch_model.fp16...)")
+
+
+def _hub(args) -> dict:
+    return {"subfolder": args.subfolder, "revision": args.revision, "variant": args.variant}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wanlite",
@@ -96,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--expert", choices=["high_noise", "low_noise"], help="Wan2.2 A14B expert to read")
     p.add_argument("--full", action="store_true", help="print the whole pruning record and every provenance entry")
+    _hub_options(p)
     p.set_defaults(run=_inspect)
 
     p = sub.add_parser("convert", help="rewrite a Wan transformer in another layout")
@@ -107,7 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expert", choices=["high_noise", "low_noise"], help="Wan2.2 A14B expert to read")
     p.add_argument("--comfyui-root", help="write straight into ComfyUI/models/diffusion_models/ of this install")
     p.add_argument("--allow-non-comfyui", action="store_true", help="export even if ComfyUI would mis-load it")
+    _hub_options(p)
     p.set_defaults(run=_convert)
+
+    p = sub.add_parser("lora", help="LoRAs for a student: `wanlite lora remap LORA --student STUDENT --out OUT`")
+    lora = p.add_subparsers(dest="lora_command", required=True)
+    p = lora.add_parser("remap", help="rewrite a LoRA trained on the teacher for the pruned student, exactly")
+    p.add_argument("lora", help="the teacher's LoRA (.safetensors: ComfyUI/official, kohya/musubi or diffusers names)")
+    p.add_argument("--student", required=True, help="the student (any Wan path of it; it carries its pruning record)")
+    p.add_argument("--out", required=True, help="the student's LoRA (.safetensors)")
+    p.add_argument("--format", choices=["comfyui", "kohya", "diffusers"], help="key names to write (default: as given)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.set_defaults(run=_lora_remap)
 
     p = sub.add_parser("compare", help="compare a student with its teacher; write figures, metrics and a report")
     p.add_argument("teacher")

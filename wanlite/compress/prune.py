@@ -92,23 +92,48 @@ def select(teacher_spec: WanSpec, recipe: Recipe, calibration: Calibration | Non
 
 
 # ---------------------------------------------------------------- build
+def kept_of(pruning: Pruning) -> dict:
+    """A Pruning record as `select`'s kept-index dict (what `axis_indices` reads)."""
+    return {
+        "blocks": pruning.kept_blocks,
+        "channel": pruning.kept_channels,
+        "self_heads": pruning.kept_heads,
+        "cross_heads": pruning.kept_cross_heads,
+        "ffn": pruning.kept_ffn,
+        **pruning.kept_embedding,
+    }
+
+
+def axis_indices(kept: dict, tspec: WanSpec, space: str | None, block: int | None) -> torch.Tensor | None:
+    """Teacher indices kept along one axis of channel space `space` (in teacher block `block` for per-block
+    spaces; heads expand to their head_dim channels); None keeps the axis whole."""
+    if space is None:
+        return None
+    if space == "channel6":
+        return torch.cat([torch.tensor(kept["channel"]) + j * tspec.dim for j in range(6)])
+    if space in PER_BLOCK:
+        idx = kept[space][kept["blocks"].index(block)]
+        if space != "ffn":  # heads -> their 128 channels
+            idx = [h * tspec.head_dim + c for h in idx for c in range(tspec.head_dim)]
+        return torch.tensor(idx)
+    return torch.tensor(kept[space])
+
+
+def slice_param(p: torch.Tensor, name: str, kept: dict, tspec: WanSpec, axes=None) -> torch.Tensor:
+    """Teacher parameter (or a tensor shaped like it) `name` cut to the student: every leading axis sliced by its
+    channel space (`spaces.SPACES`); `axes` overrides which spaces (e.g. one axis of a LoRA factor)."""
+    block = int(name.split(".")[1]) if name.startswith("blocks.") else None
+    for axis, space in enumerate(param_axes(name) if axes is None else axes):
+        idx = axis_indices(kept, tspec, space, block)
+        if idx is not None:
+            p = p.index_select(axis, idx.to(p.device))
+    return p
+
+
 def _sliced_state(teacher, tspec: WanSpec, kept: dict) -> dict[str, torch.Tensor]:
     """The teacher's kept weights under the student's names: kept blocks renumbered 0..K-1, every axis sliced by
     its channel space (`spaces.SPACES`), copies (never views: training the student must not touch the teacher)."""
-    blocks, hd = kept["blocks"], tspec.head_dim
-
-    def indices(space: str, block: int | None) -> torch.Tensor | None:
-        if space is None:
-            return None
-        if space == "channel6":
-            return torch.cat([torch.tensor(kept["channel"]) + j * tspec.dim for j in range(6)])
-        if space in PER_BLOCK:
-            idx = kept[space][blocks.index(block)]
-            if space != "ffn":  # heads -> their 128 channels
-                idx = [h * hd + c for h in idx for c in range(hd)]
-            return torch.tensor(idx)
-        return torch.tensor(kept[space])
-
+    blocks = kept["blocks"]
     teacher_params = dict(teacher.named_parameters())
     renames = {n: n for n in teacher_params if not n.startswith("blocks.")}
     for s, t in enumerate(blocks):
@@ -117,12 +142,7 @@ def _sliced_state(teacher, tspec: WanSpec, kept: dict) -> dict[str, torch.Tensor
     state = {}
     with torch.no_grad():
         for name, new_name in renames.items():
-            p = teacher_params[name].detach()
-            block = int(name.split(".")[1]) if name.startswith("blocks.") else None
-            for axis, space in enumerate(param_axes(name)):
-                idx = indices(space, block)
-                if idx is not None:
-                    p = p.index_select(axis, idx.to(p.device))
+            p = slice_param(teacher_params[name].detach(), name, kept, tspec)
             state[new_name] = p.clone() if p.data_ptr() == teacher_params[name].data_ptr() else p.contiguous()
     return state
 

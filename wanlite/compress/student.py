@@ -2,22 +2,29 @@
 
 It *is* diffusers' `WanTransformer3DModel` (nothing re-implemented) with three differences: it refuses shapes
 ComfyUI would mis-load, `save_pretrained` writes the official Wan layout (not diffusers'), and `from_pretrained`
-reads every Wan layout. The seeds' calling conventions (a config dict, or hidden_size/depth/... keywords) map
-onto the Wan config, so config.json still holds exactly the official fields. It carries its records:
-`.pruning` (what was kept from the teacher) and `.provenance`.
+reads every Wan layout, strictly. Everything else follows diffusers (`compress.pretrained`: its arguments, variants,
+device maps, Hub ids, in-place saves; a `WanPipeline` saves and reloads it). The seeds' calling conventions (a
+config dict, or hidden_size/depth/... keywords) map onto the Wan config, so config.json still holds exactly the
+official fields. It carries its records: `.pruning` (what was kept from the teacher) and `.provenance`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 
-from diffusers import WanTransformer3DModel
+# diffusers' pipeline loader looks the base classes it knows (ModelMixin) up in the module that defines a
+# component (model_index.json names this module): ModelMixin must be a name here for WanPipeline to load us.
+from diffusers import ModelMixin, WanTransformer3DModel  # noqa: F401
 from diffusers.configuration_utils import register_to_config
 
 from ..errors import SpecError
-from ..formats import Export, load_wan, save_wan
+from ..formats import Export, load_wan
 from ..formats.spec import WanSpec
+from .pretrained import ROPE_DEFAULT, load_student, save_in_place
+
+logger = logging.getLogger(__name__)
 
 # The seeds' keyword -> WanSpec field.
 SEED_NAMES = {
@@ -42,7 +49,7 @@ SEED_ONLY = (
     "image_size",
     "projection_factor",
 )
-_NOT_CONFIG = ["config", *SEED_ONLY, "device", "allow_non_comfyui"]
+_NOT_CONFIG = ["config", *SEED_ONLY, "device"]
 DIFFUSERS_FIELDS = (
     "patch_size",
     "num_attention_heads",
@@ -102,7 +109,7 @@ class WanLiteStudent(WanTransformer3DModel, metaclass=_SeedForm):
         eps: float = 1e-6,
         image_dim: int | None = None,
         added_kv_proj_dim: int | None = None,
-        rope_max_seq_len: int = 1024,
+        rope_max_seq_len: int = ROPE_DEFAULT,
         pos_embed_seq_len: int | None = None,
         # the seeds' names (not registered: they are mapped onto the fields above)
         model_type: str | None = None,
@@ -119,7 +126,7 @@ class WanLiteStudent(WanTransformer3DModel, metaclass=_SeedForm):
     ):
         given = {k: v for k, v in locals().items() if k in DIFFUSERS_FIELDS or k in SEED_ONLY}
         spec = declared_spec(config, given, allow_non_comfyui)
-        super().__init__(**spec.to_diffusers_config())
+        super().__init__(**{**spec.to_diffusers_config(), "rope_max_seq_len": rope_max_seq_len})
         self.pruning = None  # a Pruning when built from a teacher (or loaded with its record)
         self.provenance: dict = {}
         if device is not None:
@@ -129,7 +136,7 @@ class WanLiteStudent(WanTransformer3DModel, metaclass=_SeedForm):
     @classmethod
     def from_spec(cls, spec: WanSpec, **kwargs) -> "WanLiteStudent":
         """A randomly initialised student of `spec` (weights come later: from a teacher, a file or training)."""
-        return cls(**spec.to_diffusers_config(), **kwargs)
+        return cls(**{**spec.to_diffusers_config(), **kwargs})
 
     @classmethod
     def from_teacher(cls, teacher, recipe, calibration=None) -> "WanLiteStudent":
@@ -177,54 +184,69 @@ class WanLiteStudent(WanTransformer3DModel, metaclass=_SeedForm):
     def save_pretrained(
         self,
         save_directory,
+        is_main_process: bool = True,
+        save_function=None,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size="10GB",
+        push_to_hub: bool = False,
+        use_flashpack: bool = False,
+        *,
         layout: str = "wan",
         dtype=None,
         provenance: dict | None = None,
-        overwrite: bool = False,
-        is_main_process: bool = True,
-        safe_serialization: bool = True,
-        max_shard_size="10GB",
-        verbose: bool = True,
+        verbose: bool = False,
         **kwargs,
     ) -> Export | None:
-        """Write the official Wan layout (default), or layout="comfyui" | "diffusers"; prints what was written."""
-        if not safe_serialization:
-            raise SpecError("safe_serialization=False (pickle) is not supported: wanlite writes safetensors only.")
-        if kwargs.get("push_to_hub"):
-            raise SpecError("push_to_hub is not supported by wanlite; upload the saved folder with huggingface_hub.")
+        """diffusers' `save_pretrained` (same positional arguments), writing the official Wan layout by default
+        (layout="comfyui" | "diffusers" for the others). Like diffusers it writes into `save_directory` in place:
+        other files stay, stale weight shards go. Unlike diffusers: safetensors only, and other processes
+        (`is_main_process=False`) write nothing rather than racing on the same files. Logs what was written
+        (`verbose=True` prints it)."""
+        refused = {
+            "save_function": (save_function, "wanlite writes safetensors itself"),
+            "safe_serialization=False": (not safe_serialization, "pickle is never written by wanlite"),
+            "push_to_hub": (push_to_hub, "upload the saved folder with huggingface_hub.upload_folder"),
+            "use_flashpack": (use_flashpack, "FlashPack files are not a Wan layout; save safetensors"),
+        }
+        for name, (given, fix) in refused.items():
+            if given:
+                raise SpecError(f"WanLiteStudent.save_pretrained: {name} is not supported: {fix}.")
+        if kwargs:
+            raise TypeError(
+                f"WanLiteStudent.save_pretrained: unexpected argument(s) {sorted(kwargs)} (diffusers passes extra "
+                "arguments only to push_to_hub, which wanlite does not do)."
+            )
         if not is_main_process:
             return None
-        export = save_wan(
+        records = dict(self.provenance)
+        if self.config.get("allow_non_comfyui"):
+            records["allow_non_comfyui"] = True
+        if self.config.get("rope_max_seq_len", ROPE_DEFAULT) != ROPE_DEFAULT:
+            records["rope_max_seq_len"] = self.config["rope_max_seq_len"]
+        export = save_in_place(
             self,
             save_directory,
             layout=layout,
             dtype=dtype,
-            provenance={**self.provenance, **(provenance or {})},
-            overwrite=overwrite,
+            variant=variant,
+            provenance={**records, **(provenance or {})},
+            allow_non_comfyui=bool(self.config.get("allow_non_comfyui")),
             max_shard_size=max_shard_size,
         )
+        logger.info(repr(export))
         if verbose:
             print(repr(export))
         return export
 
     @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path,
-        torch_dtype=None,
-        device=None,
-        expert=None,
-        subfolder: str | None = None,
-        **kwargs,
-    ) -> "WanLiteStudent":
-        """Read any Wan layout (official, ComfyUI file, diffusers, legacy seeds) into a WanLiteStudent, with the
-        records the export carries (`.pruning`, `.provenance`)."""
-        from pathlib import Path
-
-        path = Path(pretrained_model_name_or_path) / (subfolder or "")
-        return load_wan(
-            path, torch_dtype=torch_dtype, device=device or kwargs.get("device_map"), expert=expert, cls=cls
-        )
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "WanLiteStudent":
+        """diffusers' `from_pretrained` for every Wan layout (official, ComfyUI file, diffusers, legacy seeds), from a
+        path or a Hub id (`org/name`, with subfolder / revision / cache_dir / token / local_files_only; only the
+        transformer's files are downloaded). Returns a WanLiteStudent with the records the export carries
+        (`.pruning`, `.provenance`). Loading is strict: missing, unexpected or mis-shaped keys are errors, never
+        random weights (so there is no `ignore_mismatched_sizes`)."""
+        return load_student(cls, pretrained_model_name_or_path, kwargs)
 
 
 def declared_spec(config: dict | None, given: dict, allow_non_comfyui: bool = False) -> WanSpec:

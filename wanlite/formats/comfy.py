@@ -200,3 +200,60 @@ def load(path, torch_dtype=torch.float32, device=None):
         if big:
             report.warnings.append(f"{len(big)} weights overflow fp16 (ComfyUI's default on NVIDIA GPUs)")
     return model, report
+
+
+# ------------------------------------------------------------------------------------------------------ LoRAs
+@dataclass
+class LoraReport:
+    """What ComfyUI's LoRA loader would do with a LoRA on this model: patch, log "lora key not loaded", or skip
+    on a shape mismatch ("WEIGHT NOT MERGED")."""
+
+    path: Path
+    format: str  # comfyui | kohya | diffusers | unknown
+    applied: int  # model parameters the LoRA would update
+    not_loaded: list[str] = field(default_factory=list)  # LoRA keys ComfyUI logs as "lora key not loaded"
+    mismatched: list[str] = field(default_factory=list)  # shape mismatches: ComfyUI warns and skips the weight
+
+    @property
+    def ok(self) -> bool:
+        return not (self.not_loaded or self.mismatched)
+
+    def __repr__(self) -> str:
+        verdict = "every key applies" if self.ok else "does NOT apply completely"
+        lines = [
+            f"ComfyUI LoRA verdict for {self.path.name} ({self.format}): {verdict}; {self.applied} weights patched"
+        ]
+        for title, items in (("lora key not loaded", self.not_loaded), ("shape mismatch", self.mismatched)):
+            lines += [f"  {title}: {item}" for item in items[:8]] + (
+                [f"  ... ({len(items)} in all)"] if len(items) > 8 else []
+            )
+        return "\n".join(lines)
+
+
+def check_lora(model_file, lora_file) -> LoraReport:
+    """Check a LoRA against one model file the way ComfyUI applies it (headers only): the keys it would not
+    load (another model's blocks or modules) and the shapes that do not fit (a LoRA for another base)."""
+    from .lora_keys import detect, fits
+
+    shapes = {keymap.diffusers_name(k): v for k, v in _expected_shapes(check(model_file).spec).items()}
+    lora_file = Path(lora_file)
+    entries, _ = read_header(lora_file)
+    try:
+        fmt = detect(entries, str(lora_file))
+    except FormatError:
+        return LoraReport(lora_file, "unknown", 0, sorted(entries))
+    report, patched = LoraReport(lora_file, fmt.kind, 0), set()
+    for name, entry in sorted(entries.items()):
+        try:
+            key = fmt.parse(name, str(lora_file))
+        except FormatError:
+            report.not_loaded.append(name)
+            continue
+        if key.param not in shapes:
+            report.not_loaded.append(name)
+        elif not fits(key, entry.shape, shapes[key.param]):
+            report.mismatched.append(f"{name}: {list(entry.shape)} does not fit {key.param} {list(shapes[key.param])}")
+        elif key.part != "alpha":
+            patched.add(key.param)
+    report.applied = len(patched)
+    return report

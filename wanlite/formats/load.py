@@ -123,18 +123,28 @@ def _read_json(path: Path) -> dict:
         raise _fail(path, f"unreadable JSON ({err}).", "restore the file from the original release.") from None
 
 
-def _weight_entries(folder: Path) -> dict[str, TensorEntry]:
-    """Tensors of a diffusers/official directory: single file, or shards listed by the index json."""
-    if (folder / INDEX).exists():
-        index = _read_json(folder / INDEX)
+def with_variant(name: str, variant: str | None) -> str:
+    """diffusers' variant file name: diffusion_pytorch_model.fp16.safetensors, ...safetensors.index.fp16.json."""
+    if variant is None:
+        return name
+    stem, _, ext = name.rpartition(".")
+    return f"{stem}.{variant}.{ext}"
+
+
+def _weight_entries(folder: Path, variant: str | None = None) -> dict[str, TensorEntry]:
+    """Tensors of a diffusers/official directory: single file, or shards listed by the index json (of `variant`:
+    diffusion_pytorch_model.<variant>.safetensors, as diffusers names them)."""
+    weights, index_name = with_variant(WEIGHTS, variant), with_variant(INDEX, variant)
+    if (folder / index_name).exists():
+        index = _read_json(folder / index_name)
         shards = sorted(set(index.get("weight_map", {}).values()))
         if not shards:
-            raise _fail(folder / INDEX, "the index has no weight_map.", "re-export the model.")
+            raise _fail(folder / index_name, "the index has no weight_map.", "re-export the model.")
         entries = {}
         for shard in shards:
             if not (folder / shard).exists():
                 raise _fail(
-                    folder / INDEX,
+                    folder / index_name,
                     f"names shard {shard!r}, which is missing.",
                     "download/copy every shard listed in the index.",
                 )
@@ -143,17 +153,22 @@ def _weight_entries(folder: Path) -> dict[str, TensorEntry]:
         listed = set(index["weight_map"])
         if listed != set(entries):
             raise _fail(
-                folder / INDEX,
+                folder / index_name,
                 f"the index and the shards disagree on {len(listed ^ set(entries))} keys "
                 f"(e.g. {sorted(listed ^ set(entries))[:3]}).",
                 "re-export the model.",
             )
         return entries
-    if (folder / WEIGHTS).exists():
-        return read_header(folder / WEIGHTS)[0]
+    if (folder / weights).exists():
+        return read_header(folder / weights)[0]
     for pickled in sorted(folder.glob("diffusion_pytorch_model*.bin")) + sorted(folder.glob("*.pth")):
         refuse_pickle(pickled)
-    raise _fail(folder, f"no {WEIGHTS} (nor a sharded index) here.", "point at a directory holding Wan weights.")
+    named = folder.glob("diffusion_pytorch_model.*.safetensors")
+    variants = sorted({f.name.split(".")[1].split("-")[0] for f in named})
+    fix = "point at a directory holding Wan weights."
+    if variants:
+        fix = f"this directory holds the variant(s) {variants}: pass variant={variants[0]!r} (CLI: --variant)."
+    raise _fail(folder, f"no {weights} (nor a sharded index) here.", fix)
 
 
 def _to_official_names(entries: dict[str, TensorEntry], where) -> tuple[dict[str, TensorEntry], str, list[str]]:
@@ -246,9 +261,24 @@ def _find_model_dir(path: Path, expert: str | None) -> Path:
     return path
 
 
-def inspect_wan(path, expert: str | None = None) -> WanSource:
-    """Identify a Wan transformer on disk and its architecture from headers and configs only."""
-    path = Path(path)
+def _resolve(path, expert: str | None, variant: str | None, hub: dict) -> Path:
+    """`path`, or the Hub repository it names with only its transformer's files fetched (`formats.hub`)."""
+    from . import hub as hf
+
+    def files(folder: str) -> list[str]:  # config, weights of this variant (single or sharded), records
+        at, weights = f"{folder}/" if folder else "", with_variant(WEIGHTS, variant)
+        shards = weights.replace(".safetensors", "-*-of-*.safetensors")
+        return [at + f for f in ("config.json", weights, shards, with_variant(INDEX, variant), "pruning.json")]
+
+    locators = ["model_index.json", "config.json"] + [f"{s}/config.json" for subs in EXPERTS.values() for s in subs]
+    return hf.resolve(path, locators, lambda root: _find_model_dir(root, expert), files, **hub)
+
+
+def inspect_wan(path, expert: str | None = None, variant: str | None = None, **hub) -> WanSource:
+    """Identify a Wan transformer on disk and its architecture from headers and configs only (`variant`: read
+    diffusion_pytorch_model.<variant>.safetensors, as diffusers does). `path` may be a Hub id `org/name`;
+    `hub` holds subfolder, revision, cache_dir, token, local_files_only, force_download (see `formats.hub`)."""
+    path = _resolve(path, expert, variant, hub)
     if not path.exists():
         raise _fail(path, "no such file or directory.", "check the path.")
     if path.is_file():
@@ -256,7 +286,7 @@ def inspect_wan(path, expert: str | None = None) -> WanSource:
     folder = _find_model_dir(path, expert)
     if (folder / "config.json").exists():
         cfg = _read_json(folder / "config.json")
-        entries, naming, notes = _to_official_names(_weight_entries(folder), folder)
+        entries, naming, notes = _to_official_names(_weight_entries(folder, variant), folder)
         shapes = {k: e.shape for k, e in entries.items()}
         if cfg.get("_class_name") == "WanModel" or "dim" in cfg:
             spec, layout = WanSpec.from_official_config(cfg, keys=entries, source=str(folder / "config.json")), "wan"
@@ -335,17 +365,22 @@ def _inspect_legacy(folder: Path) -> WanSource:
     return WanSource(folder, "legacy", spec, entries, naming, cfg, metadata, notes)
 
 
-def load_wan(path, torch_dtype=None, device=None, expert: str | None = None, cls=None):
+def load_wan(
+    path, torch_dtype=None, device=None, expert: str | None = None, cls=None, variant=None, init_kwargs=None, **hub
+):
     """Load a Wan transformer from any layout as a diffusers `WanTransformer3DModel` (or `cls`, a subclass).
 
     Built on the meta device and filled with tensors read straight from safetensors: no random init and no
     second copy. `torch_dtype` converts one tensor at a time (modules diffusers keeps in fp32 stay fp32);
-    `expert` picks 'high_noise' or 'low_noise' of a Wan2.2 A14B release."""
-    source = path if isinstance(path, WanSource) else inspect_wan(path, expert)
-    return materialize(source, torch_dtype, device, cls)
+    `expert` picks 'high_noise' or 'low_noise' of a Wan2.2 A14B release; `variant` diffusers' weight-file
+    variant; `init_kwargs` go to `cls` beside the architecture (e.g. WanLiteStudent's allow_non_comfyui).
+    `path` may be a Hub id `org/name` (only the transformer's files are downloaded; `hub`: subfolder, revision,
+    cache_dir, token, local_files_only, force_download)."""
+    source = path if isinstance(path, WanSource) else inspect_wan(path, expert, variant, **hub)
+    return materialize(source, torch_dtype, device, cls, init_kwargs)
 
 
-def materialize(source: WanSource, torch_dtype=None, device=None, cls=None):
+def materialize(source: WanSource, torch_dtype=None, device=None, cls=None, init_kwargs=None):
     """Build the model a `WanSource` describes and fill it from the files."""
     from accelerate import init_empty_weights
     from diffusers import WanTransformer3DModel
@@ -353,7 +388,7 @@ def materialize(source: WanSource, torch_dtype=None, device=None, cls=None):
     cls = cls or WanTransformer3DModel
     dtype = parse_dtype(torch_dtype)
     with init_empty_weights(include_buffers=False):
-        model = cls(**source.spec.to_diffusers_config())
+        model = cls(**{**source.spec.to_diffusers_config(), **(init_kwargs or {})})
     expected = {n: tuple(p.shape) for n, p in model.state_dict().items()}
     names = {keymap.official_name(n): n for n in expected}
     missing = sorted(set(names) - set(source.tensors))
@@ -366,7 +401,8 @@ def materialize(source: WanSource, torch_dtype=None, device=None, cls=None):
             "ComfyUI would leave missing weights uninitialised (NaN/garbage outputs).",
             "re-export the complete model; do not drop or rename keys.",
         )
-    keep_fp32 = tuple(getattr(cls, "_keep_in_fp32_modules", None) or ())
+    keep_fp32 = getattr(cls, "_keep_in_fp32_modules", None) or ()
+    keep_fp32 = (keep_fp32,) if isinstance(keep_fp32, str) else tuple(keep_fp32)  # as diffusers: a str is one name
     state = {}
     with open_files(source.tensors.values()) as handles, contextlib.ExitStack() as maps:
         mapped = {}  # same-dtype CPU loads are zero-copy views of the file (safetensors' memory map)

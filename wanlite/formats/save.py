@@ -13,7 +13,7 @@ from .._version import __version__
 from ..errors import FormatError, SpecError
 from . import keys as keymap
 from .io import atomic_path, write_json
-from .load import INDEX, SHORT, parse_dtype
+from .load import INDEX, SHORT, WEIGHTS, parse_dtype, with_variant
 from .records import PRUNING_FILE, pruning_metadata
 from .spec import WanSpec, spec_of
 
@@ -80,20 +80,20 @@ def _state(model, dtype: torch.dtype | None, official: bool) -> dict[str, torch.
     return keymap.to_official(state) if official else state
 
 
-def _write_weights(folder: Path, state: dict, metadata: dict, max_shard_size) -> list[str]:
+def _write_weights(folder: Path, state: dict, metadata: dict, max_shard_size, variant=None) -> list[str]:
     from huggingface_hub import split_torch_state_dict_into_shards
     from safetensors.torch import save_file
 
-    split = split_torch_state_dict_into_shards(
-        state, filename_pattern="diffusion_pytorch_model{suffix}.safetensors", max_shard_size=max_shard_size
-    )
+    pattern = with_variant(WEIGHTS, variant).replace(".safetensors", "{suffix}.safetensors")
+    split = split_torch_state_dict_into_shards(state, filename_pattern=pattern, max_shard_size=max_shard_size)
     for filename, names in split.filename_to_tensors.items():
         save_file({n: state[n] for n in names}, str(folder / filename), metadata=metadata)
     files = list(split.filename_to_tensors)
     if split.is_sharded:
         total = sum(t.numel() * t.element_size() for t in state.values())
-        write_json(folder / INDEX, {"metadata": {"total_size": total}, "weight_map": dict(split.tensor_to_filename)})
-        files.append(INDEX)
+        index = with_variant(INDEX, variant)
+        write_json(folder / index, {"metadata": {"total_size": total}, "weight_map": dict(split.tensor_to_filename)})
+        files.append(index)
     return files
 
 
@@ -107,6 +107,7 @@ def save_wan(
     allow_non_comfyui: bool = False,
     max_shard_size="10GB",
     comfyui_root=None,
+    variant: str | None = None,
 ) -> Export:
     """Write a Wan transformer so every Wan tool loads it as Wan.
 
@@ -116,9 +117,12 @@ def save_wan(
     default-named file in; `comfyui_root` writes straight into a ComfyUI install. "diffusers": a directory
     `WanTransformer3DModel.from_pretrained` loads. The model's `.pruning` record travels in the metadata (and
     as pruning.json in directory layouts). Refuses specs ComfyUI would mis-load unless `allow_non_comfyui`;
-    atomic; never overwrites without `overwrite=True`."""
+    atomic; never overwrites without `overwrite=True`. `variant` names the weights as diffusers does
+    (diffusion_pytorch_model.<variant>.safetensors; directory layouts only)."""
     if layout not in LAYOUTS:
         raise FormatError(f"unknown layout {layout!r}. Fix: use one of {list(LAYOUTS)}.")
+    if variant is not None and layout == "comfyui":
+        raise FormatError("variant= names the weights of a directory layout; a ComfyUI file is named by `out`.")
     spec = spec_of(model)
     torch_dtype = parse_dtype(dtype) or (torch.bfloat16 if layout == "comfyui" else next(model.parameters()).dtype)
     if not allow_non_comfyui:
@@ -151,7 +155,7 @@ def save_wan(
                     **spec.to_diffusers_config(),
                 }
             write_json(tmp / "config.json", config)
-            files = ["config.json"] + _write_weights(tmp, state, metadata, max_shard_size)
+            files = ["config.json"] + _write_weights(tmp, state, metadata, max_shard_size, variant)
             if pruning is not None:
                 (tmp / PRUNING_FILE).write_text(pruning.to_json())
                 files.append(PRUNING_FILE)
