@@ -5,8 +5,9 @@ official (ComfyUI) key names without prefix; quantized only are 2-D weights of m
 contain none of `modulation`, `patch_embedding`, `text_embedding`, `time_embedding`, `time_projection`,
 `img_emb`, `head.` (the patched llama-quantize's Wan rule). Of the rest, 1-D tensors, tensors of ≤ 1024 elements
 and `.modulation` tables are F32 (convert.py: modulation is an nn.Parameter that must not lose precision), other
-weights F16 (BF16 for a bf16 model, F32 beyond the fp16 range). The 5-D `patch_embedding.weight` (ggml holds 4
-dims at most) is stored flattened to 2-D with its shape in `comfy.gguf.orig_shape.<name>` (an INT32 array, which
+weights F16 (BF16 for a bf16 model, F32 beyond the fp16 range). The 5-D `patch_embedding.weight` is F32 with its
+5-D shape, as ComfyUI-GGUF's `fix_5d_tensors.py` writes it into the Wan GGUFs in circulation (diffusers'
+GGUF loader needs that shape), and the shape is also in `comfy.gguf.orig_shape.<name>` (an INT32 array, which
 ComfyUI-GGUF's loader reshapes by). A row that is not a whole number of blocks falls back to F16, as convert.py.
 Written one tensor at a time: the header is planned from shapes, then each tensor is quantized and appended.
 The `gguf` package (0.19) quantizes Q8_0, Q5_0/1 and Q4_0/1 in numpy; K-quants it only dequantizes, so Q4_K_M /
@@ -69,9 +70,8 @@ def write_gguf(path: Path, tensors, quant: str, metadata: dict[str, str]) -> dic
         big = t.is_floating_point() and t.numel() > 0 and t.abs().max().item() > 65504
         qtype = tensor_type(name, tuple(t.shape), t.dtype, quant, big)
         shape = tuple(t.shape)
-        if len(shape) > 2 and "patch_embedding" in name:
+        if len(shape) > 4:  # the 5-D patch_embedding: stored whole in F32, its shape also in the metadata
             writer.add_array(ORIG_SHAPE + name, [int(s) for s in shape])
-            shape = (shape[0], math.prod(shape[1:]))
         if qtype in (T.F32, T.F16):
             item = np.dtype(np.float32 if qtype == T.F32 else np.float16).itemsize
             writer.add_tensor_info(name, shape, np.float32 if qtype == T.F32 else np.float16, math.prod(shape) * item)
