@@ -30,6 +30,7 @@ ARCH = "wan"
 KEEP = ("modulation", "patch_embedding", "text_embedding", "time_embedding", "time_projection", "img_emb", "head.")
 THRESHOLD = 1024
 ORIG_SHAPE = "comfy.gguf.orig_shape."
+_ROWS = 256  # rows quantized at a time
 
 
 def _gguf():
@@ -83,11 +84,12 @@ def write_gguf(path: Path, tensors, quant: str, metadata: dict[str, str]) -> dic
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    for (name, shape, qtype), (name2, t) in zip(plan, tensors()):
-        assert name == name2
-        data = t.detach().to("cpu", torch.float32).reshape(shape).numpy()
-        writer.write_tensor_data(gguf.quants.quantize(data, qtype))
-        del data
+    for (_name, shape, qtype), (_, t) in zip(plan, tensors()):
+        rows = t.detach().reshape(-1, shape[-1]) if len(shape) > 1 else t.detach().reshape(1, -1)
+        # quantized in slices of rows: only the output and one slice's numpy temporaries are held
+        parts = [gguf.quants.quantize(r.to(torch.float32).numpy(), qtype) for r in rows.split(_ROWS)]
+        writer.write_tensor_data(np.concatenate(parts).reshape(-1).view(np.uint8).reshape(-1))
+        del parts
     writer.close()
     return dict(counts)
 

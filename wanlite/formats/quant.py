@@ -36,6 +36,7 @@ FP8 = ("fp8_e4m3fn", "fp8_scaled")
 GGUF_TYPES = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")  # what the PyPI `gguf` package quantizes (no K-quants)
 QUANTS = FP8 + GGUF_TYPES
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
+_SLICE = 1 << 20  # elements converted at a time
 MARKER = "scaled_fp8"
 SCALE_KEYS = (".scale_weight", ".scale_input", ".weight_scale", ".input_scale", ".comfy_quant")
 # the transformer blocks' linear layers: what plain fp8 quantizes
@@ -66,13 +67,15 @@ def fp8_quantized(name: str, shape, quant: str) -> bool:
 
 def quantize_fp8(t: torch.Tensor, scaled: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """float8_e4m3fn weight (saturated at ±448: a plain cast would turn larger values into NaN) and its fp32 scale."""
-    t = t.detach().float()
     scale = None
     if scaled:
-        amax = t.abs().max().item() if t.numel() else 0.0
+        amax = t.detach().abs().max().item() if t.numel() else 0.0
         scale = torch.tensor(amax / FP8_MAX if amax > 0 else 1.0, dtype=torch.float32)
-        t = t / scale
-    return t.clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
+    out = torch.empty(t.shape, dtype=torch.float8_e4m3fn)
+    for src, dst in zip(t.detach().reshape(-1).split(_SLICE), out.view(-1).split(_SLICE)):  # slices: no fp32 copy
+        part = src.to(torch.float32, copy=True)
+        dst.copy_((part.div_(scale) if scaled else part).clamp_(-FP8_MAX, FP8_MAX))
+    return out, scale
 
 
 def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
