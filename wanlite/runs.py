@@ -235,6 +235,14 @@ def compare_paths(
     return comp
 
 
+def _toy_run(path) -> bool:
+    """Whether `path` lies in a run directory whose teacher is the toy teacher (its teacher.json says so)."""
+    for folder in Path(path).resolve().parents:
+        if (folder / "teacher.json").is_file():
+            return is_toy(json.loads((folder / "teacher.json").read_text()).get("teacher_path", ""))
+    return False
+
+
 def quant_report(
     model_path,
     formats: Sequence[str] | None = None,
@@ -253,9 +261,7 @@ def quant_report(
 
     model = load_wan(model_path, torch_dtype=torch.float32)
     if toy_world is None:
-        toy_world = _toy_bundle(model_path) is not None or any(
-            (p / "teacher.json").is_file() for p in Path(model_path).parents
-        )
+        toy_world = _toy_bundle(model_path) is not None or _toy_run(model_path)
     kwargs = {}
     if toy_world:
         from . import toy
