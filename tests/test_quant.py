@@ -251,3 +251,29 @@ def test_toy_teacher_adherence_under_q8_and_fp8_scaled(tmp_path):
         got = toy.evaluate(back)
         assert abs(got.all - bf16["all"]) * 48 <= clips + 0.5, (quant, got, bf16)
         assert got.colour >= bf16["colour"] - 0.05 and got.direction >= bf16["direction"] - 0.05, (quant, got)
+
+
+def test_quant_report_cli(models, tmp_path, capsys):
+    src = save_wan(models["t2v"][1], tmp_path / "wan").path
+    assert main(["quant-report", str(src), "--formats", "bf16", "Q8_0", "--out", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out
+    assert "| bf16 |" in out and "| Q8_0 |" in out and "adherence" not in out  # not a toy model: no adherence
+    rows = json.loads((tmp_path / "report" / "quant_report.json").read_text())["rows"]
+    assert [r["format"] for r in rows] == ["bf16", "Q8_0"] and rows[1]["file_bytes"] < rows[0]["file_bytes"]
+
+
+def test_compare_accepts_a_quantized_student(models, tmp_path):
+    import dataclasses
+
+    from wanlite.evaluate import CompareConfig
+    from wanlite.runs import compare_paths
+
+    model = models["t2v"][1]
+    teacher = save_wan(model, tmp_path / "teacher").path
+    config = dataclasses.replace(CompareConfig(steps=2, frames=1, height=4, width=4, sigmas=(0.5,)), measure_cost=False)
+    for quant, worst in (("Q8_0", 0.01), ("Q4_0", 0.05)):
+        student = save_wan(model, tmp_path, quant=quant).path
+        comp = compare_paths(teacher, student, out_dir=tmp_path / quant, config=config)
+        assert (tmp_path / quant / "report.html").exists()
+        rel = [v for k, v in comp.summary_dict().items() if k.startswith("velocity_") and k.endswith("_rel_mse")]
+        assert rel and all(0 < v <= worst for v in rel), comp.summary_dict()
