@@ -37,6 +37,7 @@ GGUF_TYPES = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")  # what the PyPI `gguf` pa
 QUANTS = FP8 + GGUF_TYPES
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 _SLICE = 1 << 20  # elements converted at a time
+_SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 MARKER = "scaled_fp8"
 SCALE_KEYS = (".scale_weight", ".scale_input", ".weight_scale", ".input_scale", ".comfy_quant")
 # the transformer blocks' linear layers: what plain fp8 quantizes
@@ -198,7 +199,7 @@ def _fp8_view(path: Path, entries: dict, metadata: dict):
             )
         if entry.dtype not in fp8:
             out[name] = entry
-            types[str(entry.dtype).removeprefix("torch.")] += 1
+            types[_SHORT.get(entry.dtype, str(entry.dtype).removeprefix("torch."))] += 1
             continue
         scale = scales.get(f"{layer}.scale_weight") or scales.get(f"{layer}.weight_scale")
         if scale is None and (marker or fmt):
