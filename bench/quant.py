@@ -23,7 +23,7 @@ import accelerate, diffusers, gguf  # imported before the baseline: the export i
 from diffusers import WanTransformer3DModel
 from safetensors import safe_open
 from wanlite.formats import load_wan, save_wan
-from wanlite.formats.quant import quantized_view
+from wanlite.formats.load import quantized_view
 src, out, quant = sys.argv[1:4]
 def rss(field="VmHWM:"):  # per-process high-water mark
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(field))

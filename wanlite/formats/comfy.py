@@ -17,8 +17,8 @@ import torch
 from ..errors import FormatError, SpecError
 from . import keys as keymap
 from .io import refuse_pickle
-from .load import WanSource, materialize
-from .quant import QuantInfo, quantized_view
+from .load import WanSource, materialize, quantized_view
+from .quant import QuantInfo
 from .spec import COMFY_HEAD_DIM, WanSpec
 
 PREFIX = "model.diffusion_model."

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import FormatError
+from .quant import QuantEntry, QuantInfo
 
 ARCH = "wan"
 KEEP = ("modulation", "patch_embedding", "text_embedding", "time_embedding", "time_projection", "img_emb", "head.")
@@ -108,8 +109,6 @@ def _field(reader, key: str):
 
 def read_gguf(path: Path):
     """A GGUF file's tensors (QuantEntry by stored name, logical shapes), its wanlite metadata and a QuantInfo."""
-    from .quant import QuantEntry, QuantInfo
-
     gguf = _gguf()
     size = path.stat().st_size
     fix = "Fix: re-download or re-export it (wanlite convert MODEL --quant Q8_0)."
@@ -147,19 +146,3 @@ def read_gguf(path: Path):
         size,
     )
     return entries, {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in metadata.items()}, info
-
-
-def read_gguf_tensor(entry, dtype: torch.dtype) -> torch.Tensor:
-    """Dequantize one GGUF tensor into `dtype`, reading only its bytes."""
-    gguf = _gguf()
-    offset, nbytes, qtype = entry.gguf
-    raw = np.fromfile(entry.file, dtype=np.uint8, count=nbytes, offset=offset)
-    if raw.size != nbytes:
-        raise FormatError(f"{entry.file}: tensor {entry.name!r} is truncated. Fix: re-download or re-export it.")
-    numel = math.prod(entry.shape)
-    if qtype.name == "BF16":  # numpy has no bfloat16: reinterpret through torch
-        out = torch.from_numpy(raw.view(np.int16).copy()).view(torch.bfloat16)
-        return out.reshape(entry.shape).to(dtype)
-    data = raw if qtype.name in ("F32", "F16") else raw.reshape(1, -1)  # whole blocks in one row
-    values = gguf.quants.dequantize(data, qtype).reshape(-1)[:numel]
-    return torch.from_numpy(np.ascontiguousarray(values).reshape(entry.shape)).to(dtype)

@@ -21,8 +21,9 @@ from safetensors import safe_open
 
 from ..errors import FormatError, SpecError
 from . import keys as keymap
+from .gguf import read_gguf
 from .io import _CHUNK, TensorEntry, open_files, read_header, read_tensor, refuse_pickle
-from .quant import QuantEntry, QuantInfo, quantized_view
+from .quant import QuantEntry, QuantInfo, fp8_view
 from .records import pruning_from_metadata, sampling_from_metadata
 from .spec import WanSpec, block_indices
 
@@ -115,6 +116,16 @@ class WanSource:
             lines += [f"  note: {n}" for n in self.quant.notes]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def quantized_view(path: Path) -> tuple[dict, dict[str, str], QuantInfo | None]:
+    """A weight file's tensors by stored name (scale and marker keys folded into their weights), its metadata and
+    how it is quantized (None for a plain bf16/fp16/fp32 file). GGUF or safetensors."""
+    path = Path(path)
+    if path.suffix.lower() == ".gguf":
+        return read_gguf(path)
+    entries, metadata = read_header(path)
+    return fp8_view(path, entries, metadata)
 
 
 def _fail(path, what: str, fix: str) -> FormatError:

@@ -27,10 +27,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import FormatError
-from .io import TensorEntry, read_header, read_tensor
+from .io import TensorEntry, read_tensor
 
 FP8 = ("fp8_e4m3fn", "fp8_scaled")
 GGUF_TYPES = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")  # what the PyPI `gguf` package quantizes (no K-quants)
@@ -103,9 +104,7 @@ class QuantEntry:
 
     def read(self, dtype: torch.dtype = torch.bfloat16, device=None, fh=None) -> torch.Tensor:
         if self.gguf is not None:
-            from .gguf import read_gguf_tensor
-
-            out = read_gguf_tensor(self, dtype)
+            out = _read_gguf_tensor(self, dtype)
         else:
             scale = None if self.scale is None else read_tensor(self.scale, fh=None)
             out = dequantize_fp8(read_tensor(self.weight, fh=fh), scale, dtype)
@@ -137,18 +136,6 @@ class QuantInfo:
         )
 
 
-def quantized_view(path: Path) -> tuple[dict, dict[str, str], QuantInfo | None]:
-    """A weight file's tensors by stored name (scale and marker keys folded into their weights), its metadata and
-    how it is quantized (None for a plain bf16/fp16/fp32 file). GGUF or safetensors."""
-    path = Path(path)
-    if path.suffix.lower() == ".gguf":
-        from .gguf import read_gguf
-
-        return read_gguf(path)
-    entries, metadata = read_header(path)
-    return _fp8_view(path, entries, metadata)
-
-
 def _scale_value(path: Path, entry: TensorEntry, layer: str) -> None:
     value = read_tensor(entry).float()
     if value.numel() != 1 or not math.isfinite(value.item()) or value.item() <= 0:
@@ -178,7 +165,7 @@ def _layer_formats(path: Path, entries: dict, metadata: dict) -> dict[str, str]:
     return layers
 
 
-def _fp8_view(path: Path, entries: dict, metadata: dict):
+def fp8_view(path: Path, entries: dict, metadata: dict):
     fp8 = {torch.float8_e4m3fn, torch.float8_e5m2}
     marker = next((k for k in entries if k == MARKER or k.endswith("." + MARKER)), None)
     layers = _layer_formats(path, entries, metadata)
@@ -232,3 +219,20 @@ def _fp8_view(path: Path, entries: dict, metadata: dict):
     if any(k.endswith((".scale_input", ".input_scale")) for k in scales):
         info.notes.append("input scales (scale_input) are ignored: wanlite dequantizes the weights only")
     return out, metadata, info
+
+
+def _read_gguf_tensor(entry, dtype: torch.dtype) -> torch.Tensor:
+    """Dequantize one GGUF tensor into `dtype`, reading only its bytes."""
+    import gguf
+
+    offset, nbytes, qtype = entry.gguf
+    raw = np.fromfile(entry.file, dtype=np.uint8, count=nbytes, offset=offset)
+    if raw.size != nbytes:
+        raise FormatError(f"{entry.file}: tensor {entry.name!r} is truncated. Fix: re-download or re-export it.")
+    numel = math.prod(entry.shape)
+    if qtype.name == "BF16":  # numpy has no bfloat16: reinterpret through torch
+        out = torch.from_numpy(raw.view(np.int16).copy()).view(torch.bfloat16)
+        return out.reshape(entry.shape).to(dtype)
+    data = raw if qtype.name in ("F32", "F16") else raw.reshape(1, -1)  # whole blocks in one row
+    values = gguf.quants.dequantize(data, qtype).reshape(-1)[:numel]
+    return torch.from_numpy(np.ascontiguousarray(values).reshape(entry.shape)).to(dtype)
