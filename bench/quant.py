@@ -76,7 +76,10 @@ def main():
     t0 = time.perf_counter()
     src = write_model(folder, args.blocks)
     print(f"source {src.name}: {src.stat().st_size / 1e9:.2f} GB ({time.perf_counter() - t0:.0f}s)")
-    print(f"{'format':<11} {'s':>6} {'net peak/model':>15} {'bytes/param':>12} {'worst err':>10} {'mean err':>9}")
+    print(
+        f"{'format':<11} {'s':>6} {'net peak/model':>15} {'file GB':>8} {'bytes/param':>12} "
+        f"{'worst err':>10} {'mean err':>9}"
+    )
     failures, summary = [], []
     for quant in args.formats:
         out = folder / quant

@@ -14,6 +14,7 @@ import torch
 
 from ..core.flow import rel_l2
 from ..formats import load_wan, save_wan
+from ..formats.keys import official_name
 from ..formats.quant import QUANTS
 from ..formats.records import Sampling
 from .metrics import psnr
@@ -92,7 +93,7 @@ def _weight_error(model, back) -> tuple[float, str]:
         r = ref[name].float()
         err = float((t.float() - r).norm() / r.norm().clamp_min(1e-30)) if r.numel() else 0.0
         if err > worst:
-            worst, where = err, name
+            worst, where = err, official_name(name)
     return worst, where
 
 
