@@ -277,3 +277,16 @@ def test_compare_accepts_a_quantized_student(models, tmp_path):
         assert (tmp_path / quant / "report.html").exists()
         rel = [v for k, v in comp.summary_dict().items() if k.startswith("velocity_") and k.endswith("_rel_mse")]
         assert rel and all(0 < v <= worst for v in rel), comp.summary_dict()
+
+
+def test_few_step_student_gets_workflows_with_the_right_loader(tmp_path):
+    from wanlite.formats.records import Sampling
+
+    model = random_wan(tiny_spec())
+    model.sampling = Sampling(steps=4, guidance=1.0, shift=5.0, solver="euler")
+    for quant, loader in (("Q8_0", "UnetLoaderGGUF"), ("fp8_scaled", "UNETLoader")):
+        export = save_wan(model, tmp_path, quant=quant)
+        api = json.loads((tmp_path / (export.path.stem + ".api.json")).read_text())
+        (node,) = [n for n in api.values() if n["inputs"].get("unet_name") == export.path.name]
+        assert node["class_type"] == loader
+        assert inspect_wan(export.path).sampling == model.sampling  # the record travels in GGUF metadata too

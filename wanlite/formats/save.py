@@ -219,7 +219,7 @@ def _write_quantized(model, path: Path, quant: str, dtype: torch.dtype | None, m
     if quants.is_gguf(quant):
         from .gguf import write_gguf
 
-        if dtype is not None:  # the unquantized big tensors follow the requested dtype (F16 / BF16 / F32)
+        if dtype is not None:  # the requested dtype decides the kept big tensors: bf16 -> BF16, else F16
             source = lambda: ((n, t.to(dtype)) for n, t in _official_tensors(model))  # noqa: E731
         else:
             source = lambda: _official_tensors(model)  # noqa: E731
