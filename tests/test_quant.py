@@ -155,6 +155,11 @@ def test_inspect_reports_the_quantization(models, tmp_path, capsys):
     assert "Q4_0 ×" in out and "F32 ×" in out and "WAN21_T2V" in out and "Unet Loader (GGUF)" in out
     source = inspect_wan(path)
     assert math.isclose(source.quant.bits_per_weight, 8 * path.stat().st_size / source.num_params)
+    assert main(["inspect", str(path), "--full"]) == 0
+    assert "quantized tensors: blocks.0.self_attn.q.weight" in capsys.readouterr().out
+    default = load_wan(path)  # dequantized into the compute dtype, bf16 (diffusers' fp32 modules stay fp32)
+    assert default.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
+    assert default.scale_shift_table.dtype == torch.float32
 
 
 def test_convert_cli_quant_default_names_and_requantizing(models, tmp_path, capsys):

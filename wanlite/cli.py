@@ -16,6 +16,8 @@ def _inspect(args) -> int:
         print(f"  pruned from its teacher: {pruning!r}")
         if args.full:
             print("  pruning record: " + pruning.to_json())
+    if source.quant is not None and args.full:
+        print("  quantized tensors: " + ", ".join(source.quant.quantized))
     if source.sampling is not None:
         print(f"  samples with its own settings: {source.sampling!r}\n    ComfyUI: {source.sampling.comfyui()}")
     if source.provenance:
@@ -118,7 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="layout, Wan config, parameters, dtypes and the ComfyUI verdict of any Wan path")
     p.add_argument("path")
     p.add_argument("--expert", choices=["high_noise", "low_noise"], help="Wan2.2 A14B expert to read")
-    p.add_argument("--full", action="store_true", help="print the whole pruning record and every provenance entry")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="print the whole pruning record, every provenance entry and every quantized tensor",
+    )
     p.set_defaults(run=_inspect)
 
     p = sub.add_parser("convert", help="rewrite a Wan transformer in another layout")
