@@ -8,7 +8,7 @@ import sys
 
 import yaml
 
-from ..errors import ConfigError, WanliteError
+from ..errors import ConfigError, WanliteError, describe
 from .config import DistillConfig
 from .loop import distill
 
@@ -30,10 +30,13 @@ def main(argv: list[str] | None = None) -> int:
             key, sep, value = item.partition("=")
             if not sep:
                 raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lr=1e-4.")
-            changes[key] = yaml.safe_load(value)
+            try:
+                changes[key] = yaml.safe_load(value)
+            except yaml.YAMLError as err:
+                raise ConfigError(f"--set {item!r}: the value is not YAML ({err}). Fix: quote it.") from None
         print(distill(cfg.replace(**changes), resume=args.resume))
-    except WanliteError as err:
-        print(f"wanlite distill: {err}", file=sys.stderr)
+    except (WanliteError, OSError) as err:
+        print(f"wanlite distill: {describe(err)}", file=sys.stderr)
         return 2
     return 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from ..core.display import progress
 from ..errors import ConfigError, NonFiniteLossError
 from . import data as wdata
-from .checkpoints import latest_checkpoint, save_checkpoint
+from .checkpoints import latest_checkpoint, save_checkpoint, set_aside, step_of
 from .config import DistillConfig
 from .models import resolve_models
 from .objectives import OBJECTIVES
@@ -131,6 +132,8 @@ def train(
         if cfg.checkpoint_every >= 0 and (
             (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps
         ):
+            if not weights_finite(acc, student):  # never checkpoint weights an update has already broken
+                stop_non_finite(run, done + 1, 0, ["weights"], {"weights": float("nan")}, log)
             save_checkpoint(acc, run.path, done, ema, cfg.keep_checkpoints)
     return record
 
@@ -155,10 +158,28 @@ def clip_gradients(acc, cfg: DistillConfig, student, step: int, micro: int, run:
     return grad_norm
 
 
+def weights_finite(acc, student) -> bool:
+    """Every process's (shard of the) student weights are finite."""
+    bad = sum(int(not torch.isfinite(getattr(p, "_local_tensor", p).detach()).all()) for p in student.parameters())
+    return acc.reduce(torch.tensor(float(bad), device=acc.device), "sum").item() == 0
+
+
 def stop_non_finite(run: RunDir, step: int, micro: int, bad: list[str], values: dict, log):
-    checkpoint = latest_checkpoint(run.path)
+    """Stop before the bad update. The checkpoint of step-1 holds the weights that produced the non-finite
+    value: it is set aside (checkpoints/diverged-step-…), so resuming starts from before the divergence."""
+    suspect = latest_checkpoint(run.path)
+    checkpoint = latest_checkpoint(run.path, before=step - 1)
     log({"step": step, "event": "non-finite", "components": bad, **{k: str(v) for k, v in values.items()}})
-    where = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved yet"
+    aside = ""
+    if suspect is not None and step_of(suspect) >= step - 1:
+        if int(os.environ.get("RANK", "0")) == 0:
+            set_aside(suspect)
+        aside = f" ({suspect.name} holds the weights that produced it: moved to diverged-{suspect.name})"
+    where = (
+        f"the last checkpoint from before the divergence is {checkpoint}{aside}"
+        if checkpoint
+        else f"no checkpoint from before the divergence exists{aside}; a resume would start over"
+    )
     raise NonFiniteLossError(
         f"loss became non-finite at step {step} (micro-batch {micro}) in {', '.join(bad)} "
         f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())}); the update was not applied and {where}. "
@@ -204,7 +225,14 @@ def distill(
     if not isinstance(config, DistillConfig):
         config = DistillConfig.from_yaml(config) if config else DistillConfig()
     cfg = config.replace(**overrides)
-    run = RunDir(cfg.run_dir, resume, cfg.objective)
+    run = RunDir(cfg.run_dir, resume, cfg.objective, config=cfg)  # locked until this run ends
+    try:
+        return _run(cfg, run, teacher, student, data, block_map, kept_channels, on_log)
+    finally:
+        run.close()
+
+
+def _run(cfg, run: RunDir, teacher, student, data, block_map, kept_channels, on_log) -> DistillResult:
     acc = make_accelerator(cfg, run.path)
     source = wdata.open_source(
         data if data is not None else cfg.data, n=cfg.synthetic_samples, latent_shape=cfg.latent_shape, seed=cfg.seed
@@ -222,7 +250,7 @@ def distill(
         source, train_idx, cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes, cfg.num_workers
     )
     objective.prepare_validation(val_idx)
-    start = run.begin(acc, cfg, getattr(objective.raw_student, "pruning", None), ema)
+    start = run.begin(acc, cfg, getattr(objective.raw_student, "pruning", None), ema, scheduler)
     log = run.logger(acc, on_log)
     acc.init_trackers(
         "wanlite-distill", config={k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
