@@ -606,3 +606,97 @@ def test_unreadable_input_exits_2_naming_the_file(export, tmp_path, capsys):
         warnings.simplefilter("ignore")
         code, err = run(capsys, "inspect", tmp_path / "missing.safetensors")
     assert code == 2 and "missing.safetensors" in err and "Fix:" in err
+
+
+# ------------------------------------------------------------------ FSDP2 without a GPU: 2 gloo processes on CPU
+
+# accelerate 1.16 enables FSDP only for GPU-like distributed types (its AcceleratorState lists MULTI_GPU, MULTI_XPU,
+# ...): on CPU, ACCELERATE_USE_FSDP is ignored and the run is DDP. The driver therefore switches accelerate's state
+# to FSDP2 after the Accelerator is built; everything after that (sharding the student with fully_shard, the
+# teacher sharded by wanlite, sharded save_state / load_state, the gathered export) is the real FSDP2 code path.
+FSDP_DRIVER = """
+import os, sys, torch
+torch.set_num_threads(1)
+from accelerate.state import PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from torch.distributed.tensor import DTensor
+import wanlite.train.loop as loop
+from wanlite.testing import random_wan, tiny_spec
+from wanlite.train import DistillConfig, distill
+from wanlite.train.data import SyntheticSource
+
+make, prepare_teacher = loop.make_accelerator, loop.prepare_teacher
+
+def fsdp_accelerator(cfg, run):
+    acc = make(cfg, run)
+    acc.state.fsdp_plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
+        transformer_cls_names_to_wrap=["WanTransformerBlock"], state_dict_type="SHARDED_STATE_DICT")
+    acc.state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    return acc
+
+def sharded_teacher(acc, cfg, teacher):
+    teacher = prepare_teacher(acc, cfg, teacher)
+    print("teacher sharded:", all(isinstance(p, DTensor) for p in teacher.parameters()), flush=True)
+    return teacher
+
+loop.make_accelerator, loop.prepare_teacher = fsdp_accelerator, sharded_teacher
+run, resume, steps = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3])
+teacher = random_wan(tiny_spec("t2v", num_layers=2), seed=0)
+student = random_wan(tiny_spec("t2v", num_layers=1), seed=1)
+cfg = DistillConfig.from_yaml(sys.argv[4]).replace(run_dir=run, steps=steps, batch_size=2)
+data = SyntheticSource(n=48, latent_shape=(16, 1, 4, 4), text_tokens=4, text_len=8)
+result = distill(cfg, teacher=teacher, student=student, data=data, block_map=[1], resume=resume)
+print("student sharded:", isinstance(next(result.student.parameters()), DTensor), flush=True)
+"""
+
+
+def test_fsdp2_on_two_cpu_processes_matches_one_process_through_a_checkpoint_and_resume(pair, tmp_path):
+    import socket
+
+    import torch.distributed.checkpoint as dcp
+
+    from wanlite.formats.keys import to_official
+
+    cfg = DistillConfig(
+        lr=1e-3, warmup_steps=2, w_feat=0.1, uncond_fraction=0.3, log_every=1, val_every=0, checkpoint_every=2
+    ).replace(progress=False)
+    (tmp_path / "driver.py").write_text(FSDP_DRIVER)
+    cfg.to_yaml(tmp_path / "base.yaml")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    for resume, steps in (("0", 2), ("1", 4)):  # 2 steps, a checkpoint; then a resumed process group to step 4
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+        cmd += [str(tmp_path / "driver.py"), str(tmp_path / "fsdp"), resume, str(steps), str(tmp_path / "base.yaml")]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        assert done.stdout.count("teacher sharded: True") == 2 and done.stdout.count("student sharded: True") == 2
+    losses = [r for r in metrics(tmp_path / "fsdp") if "loss" in r]
+    assert [r["step"] for r in losses] == [1, 2, 3, 4] and losses[-1]["samples"] == 16
+    assert (tmp_path / "fsdp" / "checkpoints" / "step-0000004" / "pytorch_model_fsdp_0").is_dir()  # sharded state
+
+    teacher, _ = pair
+    single = distill(  # one process, the same global batch (2 processes x 2), no interruption
+        cfg.replace(run_dir=str(tmp_path / "one"), steps=4, batch_size=4),
+        teacher=teacher,
+        student=random_wan(tiny_spec("t2v", num_layers=1), seed=1),
+        data=SyntheticSource(n=48, latent_shape=(16, 1, 4, 4), text_tokens=4, text_len=8),
+        block_map=[1],
+    )
+    a = load_file(str(single.student_path / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(tmp_path / "fsdp" / "student" / "diffusion_pytorch_model.safetensors"))
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert a.keys() == b.keys() and worst < 1e-5, f"FSDP2 (2 processes) differs from 1 process by {worst}"
+
+    # the export gathered from the shards equals the unsharded student rebuilt from the checkpoint's shards
+    unsharded = random_wan(tiny_spec("t2v", num_layers=1), seed=5)
+    state = {"model": unsharded.state_dict()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "assuming the intent is to load in a single process": it is
+        dcp.load(
+            state, checkpoint_id=str(tmp_path / "fsdp/checkpoints/step-0000004/pytorch_model_fsdp_0"), no_dist=True
+        )
+    rebuilt = to_official(state["model"])
+    assert all(torch.equal(rebuilt[k], b[k]) for k in b)

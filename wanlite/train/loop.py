@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,6 +270,7 @@ def _run(cfg, run: RunDir, teacher, student, data, block_map, kept_channels, on_
 def make_accelerator(cfg: DistillConfig, run: Path):
     from accelerate import Accelerator
     from accelerate.tracking import get_available_trackers
+    from accelerate.utils import DistributedType
     from accelerate.utils import ProjectConfiguration
 
     available = {str(a) for a in get_available_trackers()}
@@ -280,12 +282,19 @@ def make_accelerator(cfg: DistillConfig, run: Path):
         )
     on_gpu = torch.cuda.is_available()
     mixed = ("bf16" if on_gpu else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
-    return Accelerator(
+    acc = Accelerator(
         mixed_precision=mixed,
         cpu=not on_gpu,
         log_with=list(cfg.trackers) or None,
         project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "logs")),
     )
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and acc.distributed_type != DistributedType.FSDP:
+        warnings.warn(
+            f"FSDP was asked for, but accelerate runs {acc.distributed_type} here (it enables FSDP only on GPU-like "
+            "devices): every process holds the whole student and teacher.",
+            stacklevel=2,
+        )
+    return acc
 
 
 def prepare_teacher(acc, cfg: DistillConfig, teacher):
@@ -298,9 +307,24 @@ def prepare_teacher(acc, cfg: DistillConfig, teacher):
             "as `data` is the only way to train without one)."
         )
     teacher.requires_grad_(False).eval()
-    if acc.distributed_type == DistributedType.FSDP:
-        return acc.prepare_model(teacher, evaluation_mode=True)
-    return place(teacher, acc.device, resolve_dtype(cfg.teacher_dtype, torch.cuda.is_available()))
+    teacher = place(teacher, acc.device, resolve_dtype(cfg.teacher_dtype, torch.cuda.is_available()))
+    if acc.distributed_type == DistributedType.FSDP and acc.is_fsdp2:
+        return shard_frozen(acc, teacher)
+    return teacher
+
+
+def shard_frozen(acc, model):
+    """FSDP2: shard a frozen model (the teacher) block by block over the processes. Not through accelerate:
+    `prepare_model(evaluation_mode=True)` would keep a whole copy on every process and add the teacher to the
+    models it checkpoints, where `save_state` pairs the student's optimiser with it (KeyError at the first
+    checkpoint)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(acc.device.type, (acc.num_processes,))
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
 
 
 def prepare_student(acc, cfg: DistillConfig, student):
