@@ -700,3 +700,19 @@ def test_fsdp2_on_two_cpu_processes_matches_one_process_through_a_checkpoint_and
         )
     rebuilt = to_official(state["model"])
     assert all(torch.equal(rebuilt[k], b[k]) for k in b)
+
+
+def test_cache_overwrite_refuses_a_directory_that_is_not_a_cache(tmp_path):
+    from wanlite.train.data import ShardWriter
+
+    mine = tmp_path / "clips"
+    mine.mkdir()
+    (mine / "raw.mp4").write_bytes(b"my only copy")
+    with pytest.raises(DestinationExistsError, match="not a wanlite data cache"):
+        ShardWriter(mine, overwrite=True)
+    assert (mine / "raw.mp4").read_bytes() == b"my only copy"
+    with ShardWriter(tmp_path / "cache") as w:
+        w.add(latents=torch.zeros(16, 1, 2, 2), context=torch.zeros(4, 8))
+    with ShardWriter(tmp_path / "cache", overwrite=True) as w:  # a cache is replaced
+        w.add(latents=torch.ones(16, 1, 2, 2), context=torch.zeros(4, 8))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

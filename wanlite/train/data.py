@@ -14,6 +14,7 @@ import bisect
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -22,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import DestinationExistsError, FormatError, WanliteError
-from ..formats.io import swap_into_place
+from ..formats.io import clean_stale, swap_into_place
 
 FORMAT = "wanlite-data"
 KINDS = ("latents", "trajectory", "targets", "ode", "synthetic")
@@ -91,9 +92,15 @@ class ShardWriter:
         self.out, self.kind, self.shard_size, self.meta = Path(out), kind, shard_size, dict(meta or {})
         if self.out.exists() and not overwrite:
             raise DestinationExistsError(f"{self.out} already exists; choose another directory or pass overwrite=True.")
-        self.tmp = self.out.with_name(f".{self.out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
+        if self.out.exists() and not _is_cache(self.out):  # overwrite replaces a cache, never anything else
+            raise DestinationExistsError(
+                f"{self.out} exists and is not a wanlite data cache (no manifest.json of format {FORMAT!r}, or "
+                "other files beside its shards); overwrite replaces only a cache. Fix: choose another directory."
+            )
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(self.out.parent)
+        self.tmp = self.out.with_name(f".{self.out.name}.wanlite-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self.tmp.mkdir()
         self.pending: list[dict] = []
         self.shards: list[dict] = []
         self.shapes: dict[str, tuple] = {}
@@ -162,6 +169,16 @@ class ShardWriter:
             self.close()
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _is_cache(folder: Path) -> bool:
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    names = {p.name for p in folder.iterdir()}
+    shards = {s.get("file") for s in manifest.get("shards", []) if isinstance(s, dict)}
+    return manifest.get("format") == FORMAT and names <= shards | {"manifest.json"}
 
 
 class CachedSource(torch.utils.data.Dataset):

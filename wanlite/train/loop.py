@@ -270,8 +270,7 @@ def _run(cfg, run: RunDir, teacher, student, data, block_map, kept_channels, on_
 def make_accelerator(cfg: DistillConfig, run: Path):
     from accelerate import Accelerator
     from accelerate.tracking import get_available_trackers
-    from accelerate.utils import DistributedType
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import DistributedType, ProjectConfiguration
 
     available = {str(a) for a in get_available_trackers()}
     missing = [t for t in cfg.trackers if t not in available]
