@@ -465,20 +465,44 @@ def test_resume_with_a_changed_training_field_is_refused(pair, finished, tmp_pat
     assert (run_dir / "metrics.jsonl").read_text() == before
 
 
-@pytest.mark.parametrize("damage", ["missing", "truncated"])
+@pytest.mark.parametrize("damage", ["missing", "truncated", "garbled"])
 def test_incomplete_newest_checkpoint_is_skipped_for_the_previous_one(pair, finished, tmp_path, damage):
     run_dir = copy_of(finished, tmp_path)
     weights = run_dir / "checkpoints" / "step-0000004" / "model.safetensors"
     if damage == "missing":
         weights.unlink()
-    else:
+    elif damage == "truncated":
         weights.write_bytes(weights.read_bytes()[:-100])
-    expected = rf"step-0000004: skipped, incomplete checkpoint \(model.safetensors is {damage}"
+    else:  # the right size, unreadable bytes: found when restoring
+        weights.write_bytes(b"\xff" * weights.stat().st_size)
+    expected = {
+        "missing": r"step-0000004: skipped, incomplete checkpoint \(model.safetensors is missing",
+        "truncated": r"step-0000004: skipped, incomplete checkpoint \(model.safetensors is truncated",
+        "garbled": r"step-0000004: skipped, cannot be restored",
+    }[damage]
     with pytest.warns(UserWarning, match=expected):
         small_run(pair, run_dir, resume=True, steps=5)
     steps = [r["step"] for r in metrics(run_dir) if "loss" in r]
     assert steps == [1, 2, 3, 4, 5]  # continued from step 3: step 4 re-done once, nothing repeated
     assert latest_checkpoint(run_dir).name == "step-0000005"
+
+
+def test_resume_with_fewer_steps_than_already_done_is_refused(pair, finished, tmp_path):
+    run_dir = copy_of(finished, tmp_path)
+    with pytest.raises(ConfigError, match=r"steps=2, but the run is already at step 4 .*Fix: resume with steps >= 4"):
+        small_run(pair, run_dir, resume=True, steps=2)
+
+
+def test_resume_of_a_dmd_run_with_a_new_lr_is_refused(tmp_path):
+    from wanlite.train.rundir import RunDir
+
+    cfg = DistillConfig(run_dir=str(tmp_path / "run"), objective="dmd")
+    (tmp_path / "run" / "checkpoints" / "step-0000002").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "step-0000002" / "progress.json").write_text('{"step": 2, "files": {}}')
+    cfg.to_yaml(tmp_path / "run" / "config.yaml")
+    with pytest.raises(ConfigError, match=r"changed lr: 1e-05 -> 0\.001"):  # the fake score's lr would stay old
+        RunDir(cfg.run_dir, True, "dmd", config=cfg.replace(lr=1e-3))
+    RunDir(cfg.run_dir, True, "dmd", config=cfg.replace(steps=2000)).close()  # steps alone may change
 
 
 def test_resume_with_every_checkpoint_gone_is_refused_not_restarted(pair, finished, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError, DestinationExistsError
-from .checkpoints import intact_checkpoints, load_checkpoint
+from .checkpoints import intact_checkpoints, load_checkpoint, step_of
 
 try:
     import fcntl
@@ -126,8 +126,8 @@ class RunDir:
                 f"{self.path} already holds a run ({', '.join(held)}); pass resume=True (--resume) to "
                 "continue it, or choose a new run_dir."
             )
-        intact = intact_checkpoints(self.path, warn=resume)
-        self.checkpoint = intact[-1] if intact else None
+        self.intact = intact_checkpoints(self.path, warn=resume) if resume else []
+        self.checkpoint = self.intact[-1] if self.intact else None
         if (
             resume
             and self.checkpoint is None
@@ -154,9 +154,17 @@ class RunDir:
             )
         if config is None:
             return
+        if config.steps < step_of(self.checkpoint):
+            raise ConfigError(
+                f"{self.path}: steps={config.steps}, but the run is already at step {step_of(self.checkpoint)} "
+                f"({self.checkpoint.name}). Fix: resume with steps >= {step_of(self.checkpoint)}, or export "
+                "that checkpoint's student as it is."
+            )
         now = config.to_dict()
         self.changes = {k: (before[k], now[k]) for k in now if k in before and before[k] != now[k]}
         refused = sorted(k for k in self.changes if k not in RESUMABLE_CHANGES)
+        if "lr" in self.changes and now.get("objective") == "dmd" and now.get("fake_lr") is None:
+            refused.append("lr")  # the fake score's optimiser follows lr and has no scheduler to rescale
         if refused:
             diffs = ", ".join(f"{k}: {self.changes[k][0]!r} -> {self.changes[k][1]!r}" for k in refused)
             raise ConfigError(
@@ -169,7 +177,21 @@ class RunDir:
     def begin(self, acc, cfg, pruning, ema, scheduler=None) -> int:
         """Write what this run is, restore the newest checkpoint (if any) and return the step to start from.
         A resume's new `lr` is applied through the scheduler (the checkpoint's own lr would win otherwise)."""
-        start = load_checkpoint(acc, self.checkpoint, ema) if self.checkpoint is not None else 0
+        start = 0
+        for checkpoint in reversed(self.intact):
+            try:
+                start = load_checkpoint(acc, checkpoint, ema)
+            except Exception as err:  # unreadable despite its file list (or an older checkpoint without one)
+                warnings.warn(f"{checkpoint}: skipped, cannot be restored ({type(err).__name__}: {err})", stacklevel=2)
+                continue
+            self.checkpoint = checkpoint
+            break
+        else:
+            if self.intact:
+                raise ConfigError(
+                    f"{self.path}: no checkpoint could be restored ({', '.join(c.name for c in self.intact)}). "
+                    "Fix: choose a new run_dir, or restore checkpoints/ from a backup."
+                )
         if start and "lr" in self.changes and scheduler is not None:
             rescale_lr(scheduler, cfg.lr)
         if acc.is_main_process:
