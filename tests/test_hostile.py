@@ -740,3 +740,30 @@ def test_cache_overwrite_refuses_a_directory_that_is_not_a_cache(tmp_path):
     with ShardWriter(tmp_path / "cache", overwrite=True) as w:  # a cache is replaced
         w.add(latents=torch.ones(16, 1, 2, 2), context=torch.zeros(4, 8))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        "{not json",
+        '{"format": "wanlite-data"}',
+        '{"format": "wanlite-data", "kind": "latents", "shapes": {}, "shards": [{"file": "../x", "count": 1}]}',
+    ],
+)
+def test_corrupt_cache_manifest_is_a_message_not_a_traceback(tmp_path, manifest):
+    from wanlite.train.data import CachedSource
+
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "manifest.json").write_text(manifest)
+    with pytest.raises(FormatError, match=r"manifest\.json.*Fix: "):
+        CachedSource(tmp_path / "cache")
+
+
+def test_missing_cache_shard_is_a_message_not_a_traceback(tmp_path):
+    from wanlite.train.data import CachedSource, ShardWriter
+
+    with ShardWriter(tmp_path / "cache") as w:
+        w.add(latents=torch.zeros(16, 1, 2, 2), context=torch.zeros(4, 8))
+    (tmp_path / "cache" / "shard-00000.safetensors").unlink()
+    with pytest.raises(FormatError, match=r"shard-00000\.safetensors: unreadable cache shard"):
+        CachedSource(tmp_path / "cache")[0]
