@@ -651,6 +651,10 @@ from wanlite.train.data import SyntheticSource
 
 make, prepare_teacher = loop.make_accelerator, loop.prepare_teacher
 
+def say(line):  # one write per line: the two processes share stdout
+    sys.stdout.write(line + chr(10))
+    sys.stdout.flush()
+
 def fsdp_accelerator(cfg, run):
     acc = make(cfg, run)
     acc.state.fsdp_plugin = FullyShardedDataParallelPlugin(
@@ -661,7 +665,7 @@ def fsdp_accelerator(cfg, run):
 
 def sharded_teacher(acc, cfg, teacher):
     teacher = prepare_teacher(acc, cfg, teacher)
-    print("teacher sharded:", all(isinstance(p, DTensor) for p in teacher.parameters()), flush=True)
+    say(f"teacher sharded: {all(isinstance(p, DTensor) for p in teacher.parameters())}")
     return teacher
 
 loop.make_accelerator, loop.prepare_teacher = fsdp_accelerator, sharded_teacher
@@ -671,7 +675,7 @@ student = random_wan(tiny_spec("t2v", num_layers=1), seed=1)
 cfg = DistillConfig.from_yaml(sys.argv[4]).replace(run_dir=run, steps=steps, batch_size=2)
 data = SyntheticSource(n=48, latent_shape=(16, 1, 4, 4), text_tokens=4, text_len=8)
 result = distill(cfg, teacher=teacher, student=student, data=data, block_map=[1], resume=resume)
-print("student sharded:", isinstance(next(result.student.parameters()), DTensor), flush=True)
+say(f"student sharded: {isinstance(next(result.student.parameters()), DTensor)}")
 """
 
 

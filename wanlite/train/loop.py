@@ -306,10 +306,11 @@ def prepare_teacher(acc, cfg: DistillConfig, teacher):
             "as `data` is the only way to train without one)."
         )
     teacher.requires_grad_(False).eval()
-    teacher = place(teacher, acc.device, resolve_dtype(cfg.teacher_dtype, torch.cuda.is_available()))
-    if acc.distributed_type == DistributedType.FSDP and acc.is_fsdp2:
-        return shard_frozen(acc, teacher)
-    return teacher
+    sharded = acc.distributed_type == DistributedType.FSDP and acc.is_fsdp2
+    dtype = resolve_dtype(cfg.teacher_dtype, torch.cuda.is_available())
+    if sharded:  # fully_shard moves each block to the device as it shards it: never a whole copy there
+        return shard_frozen(acc, place(teacher, None, dtype))
+    return place(teacher, acc.device, dtype)
 
 
 def shard_frozen(acc, model):
