@@ -679,6 +679,21 @@ say(f"student sharded: {isinstance(next(result.student.parameters()), DTensor)}"
 """
 
 
+def launch(cmd, env, timeout=240) -> subprocess.CompletedProcess:
+    """Run a launcher in its own process group, so a hang never leaves its workers behind."""
+    import signal
+
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def test_fsdp2_on_two_cpu_processes_matches_one_process_through_a_checkpoint_and_resume(pair, tmp_path):
     import socket
 
@@ -698,7 +713,7 @@ def test_fsdp2_on_two_cpu_processes_matches_one_process_through_a_checkpoint_and
             port = sock.getsockname()[1]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
         cmd += [str(tmp_path / "driver.py"), str(tmp_path / "fsdp"), resume, str(steps), str(tmp_path / "base.yaml")]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        done = launch(cmd, env)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
         assert done.stdout.count("teacher sharded: True") == 2 and done.stdout.count("student sharded: True") == 2
     losses = [r for r in metrics(tmp_path / "fsdp") if "loss" in r]
