@@ -531,8 +531,8 @@ class _Diverge:
     """After the 3rd optimiser step, one weight becomes huge but finite: the checkpoint of step 3 holds weights
     whose loss (step 4) is not finite, as a run blown up by too high an lr does."""
 
-    def __init__(self, make_optimizer, at: int):
-        self.make, self.at = make_optimizer, at
+    def __init__(self, make_optimizer, at: int, value: float = 1e30):
+        self.make, self.at, self.value = make_optimizer, at, value
 
     def __call__(self, *args, **kwargs):
         optimizer = self.make(*args, **kwargs)
@@ -542,7 +542,7 @@ class _Diverge:
             calls["n"] += 1
             if calls["n"] == self.at:
                 with torch.no_grad():
-                    opt.param_groups[0]["params"][-1].fill_(1e30)
+                    opt.param_groups[0]["params"][-1].fill_(self.value)
 
         optimizer.register_step_post_hook(hook)
         return optimizer
@@ -572,6 +572,16 @@ def test_nan_stop_says_plainly_when_no_checkpoint_predates_the_divergence(pair, 
         small_run(pair, tmp_path / "run", steps=4)
     assert latest_checkpoint(tmp_path / "run") is None
     assert (tmp_path / "run" / ".lock").read_text() == ""  # the lock went with the failed run
+
+
+def test_weights_that_an_update_made_infinite_are_never_checkpointed(pair, tmp_path, monkeypatch):
+    import wanlite.train.loop as loop
+
+    monkeypatch.setattr(loop, "make_optimizer", _Diverge(loop.make_optimizer, at=2, value=float("inf")))
+    with pytest.raises(NonFiniteLossError, match=r"weights became non-finite in the update of step 2.*step-0000001"):
+        small_run(pair, tmp_path / "run", steps=4)
+    assert latest_checkpoint(tmp_path / "run").name == "step-0000001"
+    assert not (tmp_path / "run" / "checkpoints" / "step-0000002").exists()
 
 
 def test_run_dir_that_is_a_file_exits_2(tmp_path, capsys):

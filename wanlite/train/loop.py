@@ -179,12 +179,18 @@ def stop_non_finite(run: RunDir, step: int, micro: int, bad: list[str], values: 
     where = (
         f"the last checkpoint from before the divergence is {checkpoint}{aside}"
         if checkpoint
-        else f"no checkpoint from before the divergence exists{aside}; a resume would start over"
+        else f"no checkpoint from before the divergence exists{aside}"
     )
+    then = "then resume with --resume" if checkpoint else "then start again in a new run_dir"
+    if bad == ["weights"]:
+        what = f"the weights became non-finite in the update of step {step - 1}; they were not checkpointed"
+    else:
+        what = (
+            f"loss became non-finite at step {step} (micro-batch {micro}) in {', '.join(bad)} "
+            f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())}); the update was not applied"
+        )
     raise NonFiniteLossError(
-        f"loss became non-finite at step {step} (micro-batch {micro}) in {', '.join(bad)} "
-        f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())}); the update was not applied and {where}. "
-        "Fix: lower lr or raise warmup_steps, check that micro-batch's data, then resume with --resume.",
+        f"{what}, and {where}. Fix: lower lr or raise warmup_steps, check that micro-batch's data, {then}.",
         step,
         bad,
         checkpoint,
