@@ -796,3 +796,10 @@ def test_missing_cache_shard_is_a_message_not_a_traceback(tmp_path):
     (tmp_path / "cache" / "shard-00000.safetensors").unlink()
     with pytest.raises(FormatError, match=r"shard-00000\.safetensors: unreadable cache shard"):
         CachedSource(tmp_path / "cache")[0]
+
+
+@pytest.mark.parametrize("key", ["wanlite.pruning", "wanlite.sampling"])
+def test_student_record_metadata_that_is_not_an_object_exits_2(model, tmp_path, capsys, key):
+    save_file(official_state(model), str(tmp_path / "m.safetensors"), metadata={key: "[1, 2]"})
+    code, err = run(capsys, "inspect", tmp_path / "m.safetensors")
+    assert code == 2 and key in err and "Fix: re-export" in err
