@@ -803,3 +803,19 @@ def test_student_record_metadata_that_is_not_an_object_exits_2(model, tmp_path, 
     save_file(official_state(model), str(tmp_path / "m.safetensors"), metadata={key: "[1, 2]"})
     code, err = run(capsys, "inspect", tmp_path / "m.safetensors")
     assert code == 2 and key in err and "Fix: re-export" in err
+
+
+@pytest.mark.parametrize("broken", ["toy.json", "vae.safetensors"])
+def test_toy_bundle_with_a_corrupt_file_exits_2(export, tmp_path, capsys, broken):
+    import shutil
+
+    import wanlite
+
+    shipped = Path(wanlite.__file__).parent / "assets" / "toy"
+    bundle = tmp_path / "bundle"
+    shutil.copytree(export / "wan", bundle / "teacher")
+    for name in ("toy.json", "vae.safetensors"):
+        shutil.copy(shipped / name, bundle / name)
+    (bundle / broken).write_bytes(b"[not an object")
+    code, err = run(capsys, "compare", bundle / "teacher", export / "wan", "--out", tmp_path / "r")
+    assert code == 2 and broken in err and "Fix:" in err
