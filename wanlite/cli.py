@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import WanliteError
+    from .errors import WanliteError, describe
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["distill"]:  # its own parser (python -m wanlite.train): options pass through untouched
@@ -216,10 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.run(args)
-    except WanliteError as err:
+    except (WanliteError, OSError) as err:
         if args.debug:
             raise
-        print(f"wanlite {args.command}: {err}", file=sys.stderr)
+        print(f"wanlite {args.command}: {describe(err)}", file=sys.stderr)
         return 2
 
 

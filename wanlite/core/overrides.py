@@ -18,5 +18,5 @@ def parse_overrides(items: list[str]) -> dict:
         try:
             changes[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as err:
-            raise ConfigError(f"--set {item!r}: the value is not YAML ({err}); quote it.") from None
+            raise ConfigError(f"--set {item!r}: the value is not YAML ({err}). Fix: quote it.") from None
     return changes

@@ -41,5 +41,13 @@ def load_diffusers_vae(path, device=None) -> DiffusersWanVAE:
             f"{path}: no diffusers VAE here (expected config.json, or vae/config.json in a pipeline "
             "folder). Fix: point --vae at an AutoencoderKLWan folder, e.g. Wan2.1-T2V-1.3B-Diffusers/vae."
         )
+    folder = path / (sub or "")
+    if not any(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        found = f" (only {pickles}, which wanlite never unpickles)" if pickles else ""
+        raise WanliteError(
+            f"{folder}: a VAE config.json but no .safetensors weights{found}. Fix: download the VAE's "
+            "diffusion_pytorch_model.safetensors into it (e.g. from Wan2.1-T2V-1.3B-Diffusers/vae)."
+        )
     vae = AutoencoderKLWan.from_pretrained(path, subfolder=sub, torch_dtype=torch.float32, use_safetensors=True)
     return DiffusersWanVAE(vae.to(device) if device is not None else vae)

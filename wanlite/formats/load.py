@@ -11,6 +11,7 @@ student "loads fine" and produces garbage.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from safetensors import safe_open
 from ..errors import FormatError, SpecError
 from . import keys as keymap
 from .gguf import read_gguf
-from .io import _CHUNK, TensorEntry, open_files, read_header, read_tensor, refuse_pickle
+from .io import _CHUNK, TensorEntry, inside, open_files, read_header, read_tensor, refuse_pickle, require_float
 from .quant import QuantEntry, QuantInfo, fp8_view
 from .records import pruning_from_metadata, sampling_from_metadata
 from .spec import WanSpec, block_indices
@@ -134,9 +135,14 @@ def _fail(path, what: str, fix: str) -> FormatError:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        found = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise _fail(path, f"unreadable JSON ({err}).", "restore the file from the original release.") from None
+    if not isinstance(found, dict):
+        raise _fail(
+            path, f"is JSON but not an object (found a {type(found).__name__}).", "restore it from the release."
+        )
+    return found
 
 
 def with_variant(name: str, variant: str | None) -> str:
@@ -153,18 +159,24 @@ def _weight_entries(folder: Path, variant: str | None = None) -> dict[str, Tenso
     weights, index_name = with_variant(WEIGHTS, variant), with_variant(INDEX, variant)
     if (folder / index_name).exists():
         index = _read_json(folder / index_name)
-        shards = sorted(set(index.get("weight_map", {}).values()))
+        weight_map = index.get("weight_map", {})
+        if not isinstance(weight_map, dict):
+            raise _fail(
+                folder / index_name, "its weight_map is not an object of key -> shard file.", "re-export the model."
+            )
+        paths = {str(shard): inside(folder, shard, folder / index_name) for shard in weight_map.values()}
+        shards = sorted(paths)
         if not shards:
             raise _fail(folder / index_name, "the index has no weight_map.", "re-export the model.")
         entries = {}
         for shard in shards:
-            if not (folder / shard).exists():
+            if not paths[shard].exists():
                 raise _fail(
                     folder / index_name,
                     f"names shard {shard!r}, which is missing.",
                     "download/copy every shard listed in the index.",
                 )
-            found, _ = read_header(folder / shard)
+            found, _ = read_header(paths[shard])
             entries.update(found)
         listed = set(index["weight_map"])
         if listed != set(entries):
@@ -190,6 +202,15 @@ def _weight_entries(folder: Path, variant: str | None = None) -> dict[str, Tenso
 def _to_official_names(entries: dict[str, TensorEntry], where) -> tuple[dict[str, TensorEntry], str, list[str]]:
     """Strip a ComfyUI prefix and rename diffusers keys, so everything downstream speaks official names."""
     notes = []
+    require_float(entries, where)
+    prefixed = sum(k.startswith(COMFY_PREFIX) for k in entries)
+    if 0 < prefixed < len(entries):
+        raise _fail(
+            where,
+            f"{prefixed} of its {len(entries)} keys carry ComfyUI's '{COMFY_PREFIX}' prefix and the rest do not: "
+            "two state dicts were merged into one file.",
+            "re-export the model from one source (wanlite convert SRC OUT.safetensors --layout comfyui).",
+        )
     if entries and all(k.startswith(COMFY_PREFIX) for k in entries):
         entries = {k[len(COMFY_PREFIX) :]: e for k, e in entries.items()}
         notes.append(f"keys carry ComfyUI's '{COMFY_PREFIX}' prefix (stripped)")
@@ -296,7 +317,14 @@ def inspect_wan(path, expert: str | None = None, variant: str | None = None, **h
     `hub` holds subfolder, revision, cache_dir, token, local_files_only, force_download (see `formats.hub`)."""
     path = _resolve(path, expert, variant, hub)
     if not path.exists():
+        try:
+            path.stat()
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise _fail(path, "is a symlink loop (a link that points back at itself).", "fix the link.") from None
         raise _fail(path, "no such file or directory.", "check the path.")
+    if not path.is_file() and not path.is_dir():
+        raise _fail(path, "is neither a file nor a directory (a FIFO or a device?).", "point at a Wan model.")
     if path.is_file():
         return _inspect_file(path)
     folder = _find_model_dir(path, expert)
@@ -344,7 +372,12 @@ def _inspect_file(path: Path) -> WanSource:
     except SpecError as err:
         raise _fail(path, str(err), "re-export the model with head_dim 128.") from None
     notes.append("no config: architecture inferred from key names and shapes as ComfyUI does (heads = dim // 128)")
-    saved = json.loads(metadata.get("wanlite.spec", "{}") or "{}")
+    try:
+        saved = json.loads(metadata.get("wanlite.spec", "{}") or "{}")
+    except json.JSONDecodeError:
+        saved = None
+    if not isinstance(saved, dict):
+        raise _fail(path, "its metadata 'wanlite.spec' is not a JSON object.", "re-export the model with wanlite.")
     if saved.get("num_heads") not in (None, spec.num_heads):
         notes.append(
             f"the file's metadata says {saved['num_heads']} heads, but ComfyUI (and this loader) "

@@ -315,15 +315,20 @@ def pruning_from_metadata(value: str | None, folder=None, where: str = "metadata
         return None
     try:
         entry = json.loads(value)
-    except json.JSONDecodeError:
-        raise FormatError(f"{where}: wanlite.pruning is not JSON. Fix: re-export the student with wanlite.") from None
-    if "sha256" not in entry:  # an older export: the plain record itself
-        return Pruning.from_dict(entry)
-    if "record" in entry:
-        return Pruning.from_dict(entry["record"])
-    if folder is None or not (folder / PRUNING_FILE).is_file():
-        return None
-    pruning = Pruning.from_json((folder / PRUNING_FILE).read_text())
+        if not isinstance(entry, dict):
+            raise TypeError(f"a JSON {type(entry).__name__}, not an object")
+        if "sha256" not in entry:  # an older export: the plain record itself
+            return Pruning.from_dict(entry)
+        if "record" in entry:
+            return Pruning.from_dict(entry["record"])
+        if folder is None or not (folder / PRUNING_FILE).is_file():
+            return None
+        pruning = Pruning.from_json((folder / PRUNING_FILE).read_text())
+    except (ValueError, TypeError, KeyError, AttributeError) as err:  # JSONDecodeError is a ValueError
+        raise FormatError(
+            f"{where}: wanlite.pruning (or its pruning.json) is not a valid pruning record ({err}). "
+            "Fix: re-export the student with wanlite."
+        ) from None
     if pruning.sha256() != entry["sha256"]:
         raise FormatError(
             f"{folder / PRUNING_FILE} does not match the pruning hash in the weights' metadata: it "
@@ -442,7 +447,7 @@ def sampling_from_metadata(value: str | None, where: str = "metadata") -> Sampli
         return None
     try:
         return Sampling.from_dict(json.loads(value))
-    except (json.JSONDecodeError, TypeError, ConfigError) as err:
+    except (ValueError, TypeError, AttributeError, KeyError, ConfigError) as err:
         raise FormatError(
             f"{where}: wanlite.sampling is not a valid sampling record ({err}). "
             "Fix: re-export the student with wanlite."

@@ -4,6 +4,8 @@ ComfyUI file, or a diffusers directory — atomically, with provenance, the stud
 from __future__ import annotations
 
 import json
+import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,13 +89,30 @@ def _metadata(spec: WanSpec, provenance: dict | None, pruning, sampling, beside_
 def _state(model, dtype: torch.dtype | None, official: bool) -> dict[str, torch.Tensor]:
     state = {}
     for name, t in model.state_dict().items():
-        t = t.detach().to("cpu", dtype or t.dtype).contiguous()
-        if dtype == torch.float16 and t.is_floating_point() and t.abs().max() > torch.finfo(torch.float16).max:
-            raise SpecError(
-                f"weight {name} exceeds the fp16 range ({t.abs().max().item():.3g} > 65504). Fix: export bf16 or fp32."
-            )
-        state[name] = t
+        if dtype == torch.float16 and t.is_floating_point() and t.numel():
+            peak = t.detach().abs().max().item()  # before the cast, which would turn it into inf
+            if peak > torch.finfo(torch.float16).max:
+                raise SpecError(
+                    f"weight {keymap.official_name(name) if official else name} exceeds the fp16 range "
+                    f"({peak:.4g} > 65504). Fix: export bf16 or fp32 (--dtype bf16)."
+                )
+        state[name] = t.detach().to("cpu", dtype or t.dtype).contiguous()
     return keymap.to_official(state) if official else state
+
+
+def _stored_dtype(model) -> torch.dtype:
+    """The dtype an export keeps when none is given: the model's most common one, said aloud when it has several
+    (diffusers keeps norms and modulation in fp32 in a bf16 model: they are cast too)."""
+    counts = Counter(p.dtype for p in model.parameters())
+    chosen = counts.most_common(1)[0][0]
+    if len(counts) > 1:
+        mixed = ", ".join(f"{n} {SHORT.get(d, d)}" for d, n in counts.most_common())
+        warnings.warn(
+            f"save_wan: the model mixes dtypes ({mixed} tensors); all are written as {SHORT.get(chosen, chosen)}. "
+            "Pass dtype= (CLI: --dtype) to choose.",
+            stacklevel=3,
+        )
+    return chosen
 
 
 def _write_weights(folder: Path, state: dict, metadata: dict, max_shard_size, variant=None) -> list[str]:
@@ -160,7 +179,12 @@ def save_wan(
             + "Fix: use layout 'comfyui' (CLI: --layout comfyui, the default with --quant)."
         )
     spec = spec_of(model)
-    torch_dtype = parse_dtype(dtype) or (torch.bfloat16 if layout == "comfyui" else next(model.parameters()).dtype)
+    torch_dtype = parse_dtype(dtype) or (torch.bfloat16 if layout == "comfyui" else _stored_dtype(model))
+    if torch_dtype not in SHORT:
+        raise FormatError(
+            f"save_wan: the model is {torch_dtype}, which a {layout} export cannot store as is. "
+            "Fix: pass dtype='bf16' (CLI: --dtype bf16), or fp16 / fp32."
+        )
     if quant:
         spec.check_comfyui(where=f"save_wan(quant={quant!r})")  # always: a quantized file is for ComfyUI only
     elif not allow_non_comfyui:
@@ -278,7 +302,7 @@ def _comfyui_target(out, comfyui_root, spec: WanSpec, dtype, quant: str | None =
             f"{out}: a {'GGUF' if suffix == '.gguf' else 'safetensors'} export needs a name ending in {suffix}. "
             f"Fix: name it {out.with_suffix(suffix).name}, or pass a directory."
         )
-    if out.is_dir() or out.suffix != suffix:
+    if out.is_dir() or (out.suffix != suffix and not out.exists()):
         return out / name
     return out
 

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 from dataclasses import dataclass
@@ -142,20 +143,21 @@ class WanSpec:
             )
         model_type = cfg["model_type"]
         image = model_type in ("i2v", "flf2v") and (keys is None or "img_emb.proj.0.weight" in keys)
-        return cls(
-            model_type=model_type,
-            dim=cfg["dim"],
-            ffn_dim=cfg["ffn_dim"],
-            num_heads=cfg["num_heads"],
-            num_layers=cfg["num_layers"],
-            in_dim=cfg["in_dim"],
-            out_dim=cfg["out_dim"],
-            text_len=cfg.get("text_len", 512),
-            freq_dim=cfg.get("freq_dim", 256),
-            eps=cfg.get("eps", 1e-6),
-            image_dim=CLIP_DIM if image else None,
-            image_pos_len=FLF2V_POS_LEN if image and model_type == "flf2v" else None,
-        )
+        with _naming(source, "num_heads", cfg.get("dim")):
+            return cls(
+                model_type=model_type,
+                dim=cfg["dim"],
+                ffn_dim=cfg["ffn_dim"],
+                num_heads=cfg["num_heads"],
+                num_layers=cfg["num_layers"],
+                in_dim=cfg["in_dim"],
+                out_dim=cfg["out_dim"],
+                text_len=cfg.get("text_len", 512),
+                freq_dim=cfg.get("freq_dim", 256),
+                eps=cfg.get("eps", 1e-6),
+                image_dim=CLIP_DIM if image else None,
+                image_pos_len=FLF2V_POS_LEN if image and model_type == "flf2v" else None,
+            )
 
     # ---- diffusers config ----
     def to_diffusers_config(self) -> dict:
@@ -204,22 +206,24 @@ class WanSpec:
                     f"{source}: cross_attn_norm={cfg.get('cross_attn_norm')!r}, qk_norm={cfg.get('qk_norm')!r}; "
                     "every Wan release uses True and 'rms_norm_across_heads' (official code hard-codes them)."
                 )
-            return cls(
-                model_type=model_type,
-                dim=heads * head_dim,
-                ffn_dim=cfg["ffn_dim"],
-                num_heads=heads,
-                num_layers=cfg["num_layers"],
-                in_dim=in_dim,
-                out_dim=out_dim,
-                text_len=text_len,
-                freq_dim=cfg.get("freq_dim", 256),
-                eps=cfg.get("eps", 1e-6),
-                text_dim=cfg.get("text_dim", 4096),
-                patch_size=tuple(cfg.get("patch_size", (1, 2, 2))),
-                image_dim=image_dim,
-                image_pos_len=cfg.get("pos_embed_seq_len"),
-            )
+            with _naming(source, "num_attention_heads", None):
+                spec = cls(
+                    model_type=model_type,
+                    dim=heads * head_dim,
+                    ffn_dim=cfg["ffn_dim"],
+                    num_heads=heads,
+                    num_layers=cfg["num_layers"],
+                    in_dim=in_dim,
+                    out_dim=out_dim,
+                    text_len=text_len,
+                    freq_dim=cfg.get("freq_dim", 256),
+                    eps=cfg.get("eps", 1e-6),
+                    text_dim=cfg.get("text_dim", 4096),
+                    patch_size=tuple(cfg.get("patch_size", (1, 2, 2))),
+                    image_dim=image_dim,
+                    image_pos_len=cfg.get("pos_embed_seq_len"),
+                )
+            return spec
         except KeyError as err:
             raise FormatError(f"{source}: diffusers WanTransformer3DModel config lacks field {err}.") from None
 
@@ -377,6 +381,24 @@ class WanSpec:
             f"{self.head_dim}), ffn {self.ffn_dim}, in/out {self.in_dim}/{self.out_dim}{extra}, "
             f"{self.num_params() / 1e6:.1f}M params"
         )
+
+
+@contextlib.contextmanager
+def _naming(source: str, heads_field: str, dim):
+    """A config's values rejected by WanSpec: say which file, which field, and the fix the weights dictate."""
+    try:
+        yield
+    except (SpecError, TypeError, ValueError) as err:
+        text = str(err) if isinstance(err, SpecError) else f"a field has the wrong type ({err})."
+        if "not divisible by num_heads" in text and isinstance(dim, int):
+            text = (
+                f"{heads_field} does not divide dim={dim} (the weights fix dim). "
+                f"Fix: set {heads_field} to {max(1, dim // COMFY_HEAD_DIM)} in {source} "
+                "(128-wide heads, as in every Wan)."
+            )
+        elif "Fix" not in text:
+            text += f" Fix: correct that field in {source} (or use the config saved with these weights)."
+        raise SpecError(f"{source}: {text}") from None
 
 
 def block_indices(keys) -> list[int]:

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import WanliteError
+from ..errors import WanliteError, describe
 
 
 def _train(args) -> None:
@@ -128,8 +128,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         {"train": _train, "eval": _eval, "show": _show}[args.cmd](args)
-    except WanliteError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (WanliteError, OSError) as err:
+        print(f"error: {describe(err)}", file=sys.stderr)
         return 2
     return 0
 

@@ -19,7 +19,7 @@ import torch
 
 from ..core.display import new_figure
 from ..core.flow import add_noise, shift_sigma, velocity_target, wan_forward
-from ..errors import WanliteError
+from ..errors import FormatError, WanliteError
 from ..formats.records import Sampling
 from ..formats.spec import WanSpec
 from .adherence import Adherence, adherence
@@ -300,4 +300,11 @@ def teacher(path: str | Path | None = None, torch_dtype: torch.dtype = torch.flo
 
 def info(path: str | Path | None = None) -> dict:
     """toy.json of a bundle: how it was trained, with which world, and what it scored."""
-    return json.loads((_bundle(path) / "toy.json").read_text())
+    where = _bundle(path) / "toy.json"
+    try:
+        found = json.loads(where.read_text())
+    except (OSError, ValueError) as err:
+        raise FormatError(f"{where}: unreadable toy bundle record ({err}). Fix: retrain the bundle.") from None
+    if not isinstance(found, dict):
+        raise FormatError(f"{where}: not a JSON object. Fix: retrain the bundle (python -m wanlite.toy train).")
+    return found

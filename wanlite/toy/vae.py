@@ -143,7 +143,12 @@ class ToyVAE:
                 f"{path}: toy VAE file not found. Fix: ToyVAE.fit().save(path), or use toy.vae() "
                 "for the one shipped with the toy teacher."
             )
-        tensors = load_file(str(path))
+        try:
+            tensors = load_file(str(path))
+        except Exception as err:  # safetensors' own error type: truncated, empty or not safetensors
+            raise FormatError(
+                f"{path}: not a readable safetensors file ({err}). Fix: restore the bundle's VAE."
+            ) from None
         missing = set(cls.__dataclass_fields__) - set(tensors)
         if missing:
             raise FormatError(f"{path}: not a toy VAE file, missing tensors {sorted(missing)}.")

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from ..core.overrides import parse_overrides
-from ..errors import WanliteError
+from ..errors import WanliteError, describe
 from .config import DistillConfig
 from .loop import distill
 
@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = DistillConfig.from_yaml(args.config)
         print(distill(cfg.replace(**parse_overrides(args.set)), resume=args.resume))
-    except WanliteError as err:
-        print(f"wanlite distill: {err}", file=sys.stderr)
+    except (WanliteError, OSError) as err:
+        print(f"wanlite distill: {describe(err)}", file=sys.stderr)
         return 2
     return 0
 

@@ -121,7 +121,15 @@ class DistillConfig:
 
     @classmethod
     def from_yaml(cls, path) -> "DistillConfig":
-        values = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read the run config ({err.strerror}). Fix: check the path.") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ConfigError(
+                f"{path}: not a YAML run config ({str(err).splitlines()[0]}). Fix: correct the YAML "
+                "(one `field: value` per line; DistillConfig documents the fields)."
+            ) from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of DistillConfig fields, found {type(values).__name__}.")
         try:

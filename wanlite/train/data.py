@@ -14,6 +14,7 @@ import bisect
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -22,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import DestinationExistsError, FormatError, WanliteError
-from ..formats.io import swap_into_place
+from ..formats.io import clean_stale, inside, swap_into_place
 
 FORMAT = "wanlite-data"
 KINDS = ("latents", "trajectory", "targets", "ode", "synthetic")
@@ -91,9 +92,15 @@ class ShardWriter:
         self.out, self.kind, self.shard_size, self.meta = Path(out), kind, shard_size, dict(meta or {})
         if self.out.exists() and not overwrite:
             raise DestinationExistsError(f"{self.out} already exists; choose another directory or pass overwrite=True.")
-        self.tmp = self.out.with_name(f".{self.out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
+        if self.out.exists() and not _is_cache(self.out):  # overwrite replaces a cache, never anything else
+            raise DestinationExistsError(
+                f"{self.out} exists and is not a wanlite data cache (no manifest.json of format {FORMAT!r}, or "
+                "other files beside its shards); overwrite replaces only a cache. Fix: choose another directory."
+            )
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(self.out.parent)
+        self.tmp = self.out.with_name(f".{self.out.name}.wanlite-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self.tmp.mkdir()
         self.pending: list[dict] = []
         self.shards: list[dict] = []
         self.shapes: dict[str, tuple] = {}
@@ -164,6 +171,16 @@ class ShardWriter:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _is_cache(folder: Path) -> bool:
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    names = {p.name for p in folder.iterdir()}
+    shards = {s.get("file") for s in manifest.get("shards", []) if isinstance(s, dict)}
+    return manifest.get("format") == FORMAT and names <= shards | {"manifest.json"}
+
+
 class CachedSource(torch.utils.data.Dataset):
     """A cache directory read lazily, one sample at a time (memory-mapped safetensors slices)."""
 
@@ -175,17 +192,24 @@ class CachedSource(torch.utils.data.Dataset):
                 f"{self.path}: no manifest.json; expected a wanlite data cache written by "
                 "wanlite.data.ShardWriter (or train.caches.write_trajectories / write_teacher_targets)."
             )
-        self.manifest = json.loads(manifest_path.read_text())
-        if self.manifest.get("format") != FORMAT:
-            raise FormatError(f"{manifest_path}: format={self.manifest.get('format')!r}, expected {FORMAT!r}.")
-        self.kind, self.meta, self.shapes = (
-            self.manifest["kind"],
-            self.manifest.get("meta", {}),
-            self.manifest["shapes"],
-        )
-        self.starts = [0]
-        for shard in self.manifest["shards"]:
-            self.starts.append(self.starts[-1] + shard["count"])
+        fix = "Fix: write the cache again (ShardWriter, write_trajectories or write_teacher_targets)."
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+            if self.manifest.get("format") != FORMAT:
+                raise FormatError(f"{manifest_path}: format={self.manifest.get('format')!r}, expected {FORMAT!r}.")
+            self.kind, self.meta, self.shapes = (
+                self.manifest["kind"],
+                self.manifest.get("meta", {}),
+                self.manifest["shapes"],
+            )
+            self.starts, self.files = [0], []
+            for shard in self.manifest["shards"]:
+                self.starts.append(self.starts[-1] + int(shard["count"]))
+                self.files.append(inside(self.path, shard["file"], manifest_path))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise FormatError(
+                f"{manifest_path}: not a readable cache manifest ({type(err).__name__}: {err}). {fix}"
+            ) from None
         self._open: dict = {}
 
     def __len__(self) -> int:
@@ -194,7 +218,12 @@ class CachedSource(torch.utils.data.Dataset):
     def _shard(self, s: int):
         key = (os.getpid(), s)  # handles are per process: DataLoader workers open their own
         if key not in self._open:
-            self._open[key] = safe_open(str(self.path / self.manifest["shards"][s]["file"]), framework="pt")
+            try:
+                self._open[key] = safe_open(str(self.files[s]), framework="pt")
+            except Exception as err:  # safetensors' own error type: a missing, truncated or foreign shard
+                raise FormatError(
+                    f"{self.files[s]}: unreadable cache shard ({err}). Fix: write the cache again."
+                ) from None
         return self._open[key]
 
     def __getitem__(self, i: int) -> dict:

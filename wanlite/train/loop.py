@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ import torch
 from ..core.display import progress
 from ..errors import ConfigError, NonFiniteLossError
 from . import data as wdata
-from .checkpoints import latest_checkpoint, save_checkpoint
+from .checkpoints import latest_checkpoint, save_checkpoint, set_aside, step_of
 from .config import DistillConfig
 from .models import resolve_models
 from .objectives import OBJECTIVES
@@ -131,6 +133,8 @@ def train(
         if cfg.checkpoint_every >= 0 and (
             (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps
         ):
+            if not weights_finite(acc, student):  # never checkpoint weights an update has already broken
+                stop_non_finite(run, done + 1, 0, ["weights"], {"weights": float("nan")}, log)
             save_checkpoint(acc, run.path, done, ema, cfg.keep_checkpoints)
     return record
 
@@ -155,14 +159,38 @@ def clip_gradients(acc, cfg: DistillConfig, student, step: int, micro: int, run:
     return grad_norm
 
 
+def weights_finite(acc, student) -> bool:
+    """Every process's (shard of the) student weights are finite."""
+    bad = sum(int(not torch.isfinite(getattr(p, "_local_tensor", p).detach()).all()) for p in student.parameters())
+    return acc.reduce(torch.tensor(float(bad), device=acc.device), "sum").item() == 0
+
+
 def stop_non_finite(run: RunDir, step: int, micro: int, bad: list[str], values: dict, log):
-    checkpoint = latest_checkpoint(run.path)
+    """Stop before the bad update. The checkpoint of step-1 holds the weights that produced the non-finite
+    value: it is set aside (checkpoints/diverged-step-…), so resuming starts from before the divergence."""
+    suspect = latest_checkpoint(run.path)
+    checkpoint = latest_checkpoint(run.path, before=step - 1)
     log({"step": step, "event": "non-finite", "components": bad, **{k: str(v) for k, v in values.items()}})
-    where = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved yet"
+    aside = ""
+    if suspect is not None and step_of(suspect) >= step - 1:
+        if int(os.environ.get("RANK", "0")) == 0:
+            set_aside(suspect)
+        aside = f" ({suspect.name} holds the weights that produced it: moved to diverged-{suspect.name})"
+    where = (
+        f"the last checkpoint from before the divergence is {checkpoint}{aside}"
+        if checkpoint
+        else f"no checkpoint from before the divergence exists{aside}"
+    )
+    then = "then resume with --resume" if checkpoint else "then start again in a new run_dir"
+    if bad == ["weights"]:
+        what = f"the weights became non-finite in the update of step {step - 1}; they were not checkpointed"
+    else:
+        what = (
+            f"loss became non-finite at step {step} (micro-batch {micro}) in {', '.join(bad)} "
+            f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())}); the update was not applied"
+        )
     raise NonFiniteLossError(
-        f"loss became non-finite at step {step} (micro-batch {micro}) in {', '.join(bad)} "
-        f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())}); the update was not applied and {where}. "
-        "Fix: lower lr or raise warmup_steps, check that micro-batch's data, then resume with --resume.",
+        f"{what}, and {where}. Fix: lower lr or raise warmup_steps, check that micro-batch's data, {then}.",
         step,
         bad,
         checkpoint,
@@ -204,7 +232,14 @@ def distill(
     if not isinstance(config, DistillConfig):
         config = DistillConfig.from_yaml(config) if config else DistillConfig()
     cfg = config.replace(**overrides)
-    run = RunDir(cfg.run_dir, resume, cfg.objective)
+    run = RunDir(cfg.run_dir, resume, cfg.objective, config=cfg)  # locked until this run ends
+    try:
+        return _run(cfg, run, teacher, student, data, block_map, kept_channels, on_log)
+    finally:
+        run.close()
+
+
+def _run(cfg, run: RunDir, teacher, student, data, block_map, kept_channels, on_log) -> DistillResult:
     acc = make_accelerator(cfg, run.path)
     source = wdata.open_source(
         data if data is not None else cfg.data, n=cfg.synthetic_samples, latent_shape=cfg.latent_shape, seed=cfg.seed
@@ -222,7 +257,7 @@ def distill(
         source, train_idx, cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes, cfg.num_workers
     )
     objective.prepare_validation(val_idx)
-    start = run.begin(acc, cfg, getattr(objective.raw_student, "pruning", None), ema)
+    start = run.begin(acc, cfg, getattr(objective.raw_student, "pruning", None), ema, scheduler)
     log = run.logger(acc, on_log)
     acc.init_trackers(
         "wanlite-distill", config={k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
@@ -241,7 +276,7 @@ def distill(
 def make_accelerator(cfg: DistillConfig, run: Path):
     from accelerate import Accelerator
     from accelerate.tracking import get_available_trackers
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import DistributedType, ProjectConfiguration
 
     available = {str(a) for a in get_available_trackers()}
     missing = [t for t in cfg.trackers if t not in available]
@@ -252,12 +287,19 @@ def make_accelerator(cfg: DistillConfig, run: Path):
         )
     on_gpu = torch.cuda.is_available()
     mixed = ("bf16" if on_gpu else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
-    return Accelerator(
+    acc = Accelerator(
         mixed_precision=mixed,
         cpu=not on_gpu,
         log_with=list(cfg.trackers) or None,
         project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "logs")),
     )
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and acc.distributed_type != DistributedType.FSDP:
+        warnings.warn(
+            f"FSDP was asked for, but accelerate runs {acc.distributed_type} here (it enables FSDP only on GPU-like "
+            "devices): every process holds the whole student and teacher.",
+            stacklevel=2,
+        )
+    return acc
 
 
 def prepare_teacher(acc, cfg: DistillConfig, teacher):
@@ -270,9 +312,25 @@ def prepare_teacher(acc, cfg: DistillConfig, teacher):
             "as `data` is the only way to train without one)."
         )
     teacher.requires_grad_(False).eval()
-    if acc.distributed_type == DistributedType.FSDP:
-        return acc.prepare_model(teacher, evaluation_mode=True)
-    return place(teacher, acc.device, resolve_dtype(cfg.teacher_dtype, torch.cuda.is_available()))
+    sharded = acc.distributed_type == DistributedType.FSDP and acc.is_fsdp2
+    dtype = resolve_dtype(cfg.teacher_dtype, torch.cuda.is_available())
+    if sharded:  # fully_shard moves each block to the device as it shards it: never a whole copy there
+        return shard_frozen(acc, place(teacher, None, dtype))
+    return place(teacher, acc.device, dtype)
+
+
+def shard_frozen(acc, model):
+    """FSDP2: shard a frozen model (the teacher) block by block over the processes. Not through accelerate:
+    `prepare_model(evaluation_mode=True)` would keep a whole copy on every process and add the teacher to the
+    models it checkpoints, where `save_state` pairs the student's optimiser with it (KeyError at the first
+    checkpoint)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(acc.device.type, (acc.num_processes,))
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
 
 
 def prepare_student(acc, cfg: DistillConfig, student):
