@@ -114,6 +114,7 @@ def _encode(args) -> int:
         dtype=parse_dtype(args.dtype) if args.dtype else None,
         revision=args.revision,
         need_vae=bool(args.videos),
+        text_length=args.text_length,
     )
     if args.low_memory and encoders.modules.get("vae") is not None:
         encoders.modules["vae"].enable_tiling()
@@ -210,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", action="store_true", help="cut long clips into several samples")
     p.add_argument("--batch", type=int, default=1, help="clips per VAE / text-encoder call")
     p.add_argument("--negative", help="the negative prompt to embed (default: Wan's own)")
+    p.add_argument("--text-length", type=int, default=512, help="umT5 tokens per prompt (Wan: 512)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="encoder dtype (default bf16 on GPU, else fp32)")
     p.add_argument("--device", help="cuda, cpu, ... (default: the GPU when present)")
     p.add_argument("--low-memory", action="store_true", help="VAE tiling; VAE and text encoder never both on device")

@@ -272,11 +272,13 @@ def gather(videos, captions=None, folder_fps: float = 16.0) -> tuple[list[Clip],
     for p in paths:
         text = table[str(p)]
         if not p.exists():
-            skipped.append({"path": str(p), "reason": "no such file"})
+            skipped.append({"path": str(p), "kind": "missing", "reason": "no such file"})
         elif text is None:
-            skipped.append({"path": str(p), "reason": f"no caption ({_where(captions, p)})"})
+            skipped.append({"path": str(p), "kind": "no caption", "reason": f"no caption ({_where(captions, p)})"})
         elif not text.strip():
-            skipped.append({"path": str(p), "reason": f"empty caption ({_where(captions, p)})"})
+            skipped.append(
+                {"path": str(p), "kind": "empty caption", "reason": f"empty caption ({_where(captions, p)})"}
+            )
         else:
             clips.append(file_clip(p, text.strip(), folder_fps))
     return clips, skipped
@@ -368,7 +370,7 @@ class EncodeResult:
     def __repr__(self) -> str:
         reasons: dict[str, int] = {}
         for s in self.skipped:
-            key = s["reason"].split(" (")[0].split(":")[0]
+            key = s.get("kind", "other")
             reasons[key] = reasons.get(key, 0) + 1
         why = ", ".join(f"{n} {r}" for r, n in reasons.items())
         return (
@@ -462,7 +464,7 @@ def encode(
             for n, text in enumerate(prompts):
                 record = {"path": f"prompt {n + 1}", "size": len(text), "mtime": 0, "caption": text}
                 if not text.strip():
-                    skipped.append({"path": record["path"], "reason": "empty prompt"})
+                    skipped.append({"path": record["path"], "kind": "empty prompt", "reason": "empty prompt"})
                     say(f"skip {record['path']}: empty prompt")
                 elif (record["path"], record["size"], 0) in done:
                     already += 1
@@ -551,8 +553,8 @@ def _encode_clips(
 ) -> tuple[int, int]:
     from tqdm.auto import tqdm
 
-    def skip(clip: Clip, reason: str) -> None:
-        skipped.append({"path": clip.path, "reason": reason})
+    def skip(clip: Clip, kind: str, reason: str) -> None:
+        skipped.append({"path": clip.path, "kind": kind, "reason": reason})
         say(f"skip {clip.path}: {reason}")
 
     planned = []  # (clip, target size)
@@ -561,11 +563,11 @@ def _encode_clips(
         try:
             info = clip.info()
         except WanliteError as err:
-            skip(clip, f"unreadable: {err}".replace(f"{clip.path}: ", ""))
+            skip(clip, "unreadable", f"unreadable: {err}".replace(f"{clip.path}: ", ""))
             continue
         target, why = choose_size(info.height, info.width, size, bucket, multiple)
         if target is None:
-            skip(clip, why)
+            skip(clip, "no bucket" if "aspect" in why else "too small", why)
             continue
         aspects.setdefault(round(info.width / info.height, 2), f"{clip.path} ({info.width}x{info.height})")
         planned.append((clip, target))
@@ -604,11 +606,11 @@ def _encode_clips(
         try:
             pixels, times = clip.load(seconds)
         except WanliteError as err:
-            skip(clip, f"unreadable: {err}".replace(f"{clip.path}: ", ""))
+            skip(clip, "unreadable", f"unreadable: {err}".replace(f"{clip.path}: ", ""))
             continue
         count, available = windows(times, fps, frames, split)
         if count == 0:
-            skip(clip, f"too short: {available} frames at {fps:g} fps, needs {frames}")
+            skip(clip, "too short", f"too short: {available} frames at {fps:g} fps, needs {frames}")
             continue
         for k in range(have, count):
             sample = conform(pixels, times, fps, frames, target, start=k * frames)
