@@ -129,23 +129,20 @@ def toy_clips(samples: int, seed: int = 0) -> list:
     return [clip(i) for i in range(samples)]
 
 
-def encode_toy(out, samples: int = 32, seed: int = 0, **options):
-    """`wanlite encode --toy`: toy-world clips through the toy VAE and text encoder into a cache at `out`."""
+def toy_settings() -> dict:
+    """`encode`'s clip settings for toy-world clips: their own size, length and frame rate (nothing resampled)."""
     from .toy import WorldConfig
-    from .train.encode import encode
 
     config = WorldConfig()
+    return {"size": (config.height, config.width), "frames": config.frames, "fps": 16.0}
+
+
+def encode_toy(out, samples: int = 32, seed: int = 0, **options):
+    """`wanlite encode --toy`: toy-world clips through the toy VAE and text encoder into a cache at `out`."""
+    from .train.encode import encode
+
     options.setdefault("batch", 32)
-    return encode(
-        out,
-        toy_encoders(),
-        clips=toy_clips(samples, seed),
-        size=(config.height, config.width),
-        frames=config.frames,
-        fps=16.0,
-        meta={"seed": seed},
-        **options,
-    )
+    return encode(out, toy_encoders(), clips=toy_clips(samples, seed), meta={"seed": seed}, **toy_settings(), **options)
 
 
 def prompt_contexts(teacher, teacher_path: str, prompts: list[str], seed: int = 0):

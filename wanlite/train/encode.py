@@ -622,3 +622,59 @@ def _encode_clips(
     for target in list(pending):
         encoded += flush(target)
     return encoded, already
+
+
+# ------------------------------------------------------------------ checking a cache
+@dataclass
+class RoundTrip:
+    """Some cached samples decoded next to their source frames (conformed the same way), with the PSNR of each:
+    what the VAE keeps of your clips at this size."""
+
+    originals: torch.Tensor  # [N, 3, F, H, W] in [0, 1]
+    decoded: torch.Tensor
+    psnr: list[float]
+    captions: list[str]
+
+    def rows(self) -> tuple[torch.Tensor, list[str]]:
+        """(clips interleaved original, decoded, ...; row titles) for a filmstrip."""
+        videos = torch.stack([v for pair in zip(self.originals, self.decoded) for v in pair])
+        titles = [t for c, p in zip(self.captions, self.psnr) for t in (c[:24], f"decoded {p:.1f} dB")]
+        return videos, titles
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{p:.1f}" for p in self.psnr)
+        return f"RoundTrip({len(self.psnr)} samples, VAE round-trip PSNR {shown} dB)"
+
+
+@torch.no_grad()
+def round_trip(cache, encoders: Encoders, clips: list[Clip], n: int = 3) -> RoundTrip:
+    """Decode the first `n` samples of a latents cache and set them beside their sources (found among `clips` by
+    the path each sample records), read and conformed with the cache's own settings."""
+    source = CachedSource(cache)
+    settings = source.meta.get("encode") or {}
+    if source.kind != "latents" or "size" not in settings:
+        raise ConfigError(f"{cache}: not a latents cache written by wanlite encode (nothing to decode).")
+    records = [r for shard in source.manifest["shards"] for r in shard.get("records") or []]
+    by_path = {c.record["path"]: c for c in clips}
+    originals, decoded, psnr, captions = [], [], [], []
+    for i, record in enumerate(records[:n]):
+        if record["path"] not in by_path:
+            raise ConfigError(f"{cache}: sample {i} comes from {record['path']}, which is not among the given clips.")
+        pixels, times = by_path[record["path"]].load(None)
+        frames, fps = settings["frames"], settings["fps"]
+        original = conform(pixels, times, fps, frames, _size(source, settings), start=record["window"] * frames)
+        video = encoders.vae.decode(source[i]["latents"][None].float())[0].cpu().float()
+        mse = (video - original).pow(2).mean().item()
+        originals.append(original)
+        decoded.append(video)
+        psnr.append(10 * math.log10(1 / max(mse, 1e-12)))
+        captions.append(record.get("caption", ""))
+    return RoundTrip(torch.stack(originals), torch.stack(decoded), psnr, captions)
+
+
+def _size(source: CachedSource, settings: dict) -> tuple[int, int]:
+    """The pixel size of a cache's samples (a bucket's, with --bucket)."""
+    if not settings.get("bucket"):
+        return tuple(settings["size"])
+    h, w = source.path.name.split("x")
+    return int(h), int(w)
