@@ -254,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.run(args)
+    except KeyboardInterrupt:
+        if args.command != "encode":
+            raise
+        print("wanlite encode: interrupted; the finished shards are kept, run it again to continue", file=sys.stderr)
+        return 130
     except WanliteError as err:
         if args.debug:
             raise

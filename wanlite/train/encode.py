@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -421,10 +422,9 @@ def encode(
     meta: dict | None = None,
 ) -> EncodeResult:
     """Encode `clips` (latents cache; with `bucket`, one cache per bucket in out/HxW/) or `prompts` (an
-    embeddings-only cache) into `out`, resuming what a previous run with the same settings wrote."""
-    from tqdm.auto import tqdm
-
-    out, size = Path(out), parse_size(size)
+    embeddings-only cache) into `out`, resuming what a previous run with the same settings wrote. `skipped`:
+    inputs already found bad (`gather`'s), reported with the rest."""
+    size = parse_size(size)
     if frames < 1 or (frames - 1) % 4:
         raise ConfigError(
             f"--frames {frames}: the Wan VAE takes 4k+1 frames (1, 5, ..., 81). Fix: --frames "
@@ -436,84 +436,39 @@ def encode(
     if (clips is None) == (prompts is None):
         raise ConfigError("encode: give clips (--videos / --toy) or --prompts, not both or neither.")
     negative = encoders.negative if negative is None else negative
-    skipped = list(skipped or [])
-    say = log or (lambda line: tqdm.write(line))
-    for s in skipped:
-        say(f"skip {s['path']}: {s['reason']}")
     settings = {"negative": negative, "encoders": encoders.name}
     if clips is not None:
         settings.update(size=list(size), frames=frames, fps=fps, bucket=bucket, split=split)
-    base_meta = {"source": "wanlite encode", **(meta or {}), "encode": settings}
-    text_on = _placer(encoders, low_memory)
-    text_on("text")
-    neg = encoders.text([negative])[0]
-    encoded = already = 0
-    writers: dict = {}
-
-    def writer(key, cache: Path, kind: str) -> ShardWriter:
-        if key not in writers:
-            writers[key] = ShardWriter(
-                cache, kind=kind, shard_size=shard_size, meta=base_meta, overwrite=overwrite, append=not overwrite
-            )
-        return writers[key]
-
+    job = _Job(Path(out), encoders, settings, {"source": "wanlite encode", **(meta or {}), "encode": settings})
+    job.batch, job.shard_size, job.overwrite, job.progress = max(1, batch), shard_size, overwrite, progress
+    job.say = log or _write_line
+    job.use = _placer(encoders, low_memory)
+    for s in skipped or []:
+        job.skip(s["path"], s.get("kind", "other"), s["reason"])
     try:
-        if prompts is not None:
-            done = _done(out, settings, overwrite)
-            todo = []
-            for n, text in enumerate(prompts):
-                record = {"path": f"prompt {n + 1}", "size": len(text), "mtime": 0, "caption": text}
-                if not text.strip():
-                    skipped.append({"path": record["path"], "kind": "empty prompt", "reason": "empty prompt"})
-                    say(f"skip {record['path']}: empty prompt")
-                elif (record["path"], record["size"], 0) in done:
-                    already += 1
-                else:
-                    todo.append(record)
-            w = writer(None, out, "prompts")
-            for i in tqdm(range(0, len(todo), max(1, batch)), disable=not progress, unit="batch", desc="encode"):
-                chunk = todo[i : i + max(1, batch)]
-                contexts = encoders.text([r["caption"] for r in chunk])
-                for r, context in zip(chunk, contexts):
-                    w.add(record=r, context=context, negative_context=neg)
-                    encoded += 1
-        else:
-            encoded, already = _encode_clips(
-                out,
-                encoders,
-                clips,
-                size,
-                frames,
-                fps,
-                bucket,
-                split,
-                batch,
-                multiple,
-                overwrite,
-                settings,
-                neg,
-                skipped,
-                say,
-                progress,
-                writer,
-                text_on,
-            )
-        caches = [w.close() for w in writers.values()]
+        job.use("text")
+        job.negative = encoders.text([negative])[0]
+        job.encode_prompts(prompts) if clips is None else job.encode_clips(clips, size, frames, fps, bucket, split)
+        caches = [w.close() for w in job.writers.values()]
     finally:
-        for w in writers.values():
-            if not w.append and w.tmp.exists() and w.tmp != w.out:
-                import shutil
-
+        for w in job.writers.values():
+            if not w.append:  # an --overwrite run that stopped: its unfinished copy goes, the old cache stays
                 shutil.rmtree(w.tmp, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    part = out / f".{SKIPPED}.part"
-    part.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in skipped), encoding="utf-8")
-    os.replace(part, out / SKIPPED)
-    if not caches and (out / "manifest.json").is_file():
-        caches = [out]
-    result = EncodeResult(out, caches, encoded, already, skipped)
-    say(repr(result))
+    job.out.mkdir(parents=True, exist_ok=True)
+    part = job.out / f".{SKIPPED}.part"
+    part.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in job.skipped), encoding="utf-8")
+    os.replace(part, job.out / SKIPPED)
+    if not caches and (job.out / "manifest.json").is_file():
+        caches = [job.out]
+    result = EncodeResult(job.out, caches, job.encoded, job.already, job.skipped)
+    job.say(repr(result))
     return result
+
+
+def _write_line(line: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(line)  # above a progress bar, not through it
 
 
 def _placer(encoders: Encoders, low_memory: bool) -> Callable[[str], None]:
@@ -531,97 +486,107 @@ def _placer(encoders: Encoders, low_memory: bool) -> Callable[[str], None]:
     return use
 
 
-def _encode_clips(
-    out,
-    encoders,
-    clips,
-    size,
-    frames,
-    fps,
-    bucket,
-    split,
-    batch,
-    multiple,
-    overwrite,
-    settings,
-    neg,
-    skipped,
-    say,
-    progress,
-    writer,
-    use,
-) -> tuple[int, int]:
-    from tqdm.auto import tqdm
+class _Job:
+    """One `encode` call: its writers (one per cache), counts and skip list."""
 
-    def skip(clip: Clip, kind: str, reason: str) -> None:
-        skipped.append({"path": clip.path, "kind": kind, "reason": reason})
-        say(f"skip {clip.path}: {reason}")
+    def __init__(self, out: Path, encoders: Encoders, settings: dict, meta: dict):
+        self.out, self.encoders, self.settings, self.meta = out, encoders, settings, meta
+        self.writers: dict = {}
+        self.skipped: list[dict] = []
+        self.encoded = self.already = 0
 
-    planned = []  # (clip, target size)
-    aspects: dict[float, str] = {}
-    for clip in clips:
-        try:
-            info = clip.info()
-        except WanliteError as err:
-            skip(clip, "unreadable", f"unreadable: {err}".replace(f"{clip.path}: ", ""))
-            continue
-        target, why = choose_size(info.height, info.width, size, bucket, multiple)
-        if target is None:
-            skip(clip, "no bucket" if "aspect" in why else "too small", why)
-            continue
-        aspects.setdefault(round(info.width / info.height, 2), f"{clip.path} ({info.width}x{info.height})")
-        planned.append((clip, target))
-    if len(aspects) > 1 and not bucket:
-        shown = ", ".join(list(aspects.values())[:3])
-        raise ConfigError(
-            f"clips of mixed resolutions (aspect ratios): {shown}; cropping them all to {size[0]}x{size[1]} would cut "
-            "some badly. Fix: --bucket (one cache per aspect-ratio bucket, out/HxW/), or encode each shape apart."
-        )
-    caches = {t: (out / f"{t[0]}x{t[1]}" if bucket else out) for _, t in planned}
-    done = {t: _done(c, settings, overwrite) for t, c in caches.items()}
-    pending: dict = {}
-    encoded = already = 0
+    def skip(self, path: str, kind: str, reason: str) -> None:
+        self.skipped.append({"path": path, "kind": kind, "reason": reason})
+        self.say(f"skip {path}: {reason}")
 
-    def flush(target) -> int:
-        items = pending.pop(target, [])
+    def writer(self, cache: Path, kind: str) -> ShardWriter:
+        if cache not in self.writers:
+            self.writers[cache] = ShardWriter(
+                cache, kind, self.shard_size, self.meta, overwrite=self.overwrite, append=not self.overwrite
+            )
+        return self.writers[cache]
+
+    def bar(self, items, unit: str):
+        from tqdm.auto import tqdm
+
+        return tqdm(items, disable=not self.progress, unit=unit, desc="encode")
+
+    def encode_prompts(self, prompts: Sequence[str]) -> None:
+        done, todo = _done(self.out, self.settings, self.overwrite), []
+        for n, text in enumerate(prompts):
+            record = {"path": f"prompt {n + 1}", "size": len(text), "mtime": 0, "caption": text}
+            if not text.strip():
+                self.skip(record["path"], "empty prompt", "empty prompt")
+            elif (record["path"], record["size"], 0) in done:
+                self.already += 1
+            else:
+                todo.append(record)
+        w = self.writer(self.out, "prompts")
+        for i in self.bar(range(0, len(todo), self.batch), "batch"):
+            chunk = todo[i : i + self.batch]
+            for r, context in zip(chunk, self.encoders.text([r["caption"] for r in chunk])):
+                w.add(record=r, context=context, negative_context=self.negative)
+                self.encoded += 1
+
+    def encode_clips(self, clips: list[Clip], size, frames: int, fps: float, bucket: bool, split: bool) -> None:
+        planned, aspects = [], {}  # (clip, its target size); aspect ratio -> the first clip of it
+        for clip in clips:
+            try:
+                info = clip.info()
+            except WanliteError as err:
+                self.skip(clip.path, "unreadable", f"unreadable: {err}".replace(f"{clip.path}: ", ""))
+                continue
+            target, why = choose_size(info.height, info.width, size, bucket, 2 * self.encoders.stride)
+            if target is None:
+                self.skip(clip.path, "no bucket" if "aspect" in why else "too small", why)
+                continue
+            aspects.setdefault(round(info.width / info.height, 2), f"{clip.path} ({info.width}x{info.height})")
+            planned.append((clip, target))
+        if len(aspects) > 1 and not bucket:
+            raise ConfigError(
+                f"clips of mixed resolutions (aspect ratios): {', '.join(list(aspects.values())[:3])}; cropping "
+                f"them all to {size[0]}x{size[1]} would cut some badly. Fix: --bucket (one cache per aspect-ratio "
+                "bucket, out/HxW/), or encode each shape apart."
+            )
+        caches = {t: (self.out / f"{t[0]}x{t[1]}" if bucket else self.out) for _, t in planned}
+        done = {t: _done(c, self.settings, self.overwrite) for t, c in caches.items()}
+        pending: dict = {t: [] for t in caches}
+        for clip, target in self.bar(planned, "clip"):
+            have, total = done[target].get((clip.record["path"], clip.record["size"], clip.record["mtime"]), [0, 0])
+            self.already += have
+            if total and have >= total:
+                continue
+            try:
+                pixels, times = clip.load(None if split else (frames - 0.5) / fps)
+            except WanliteError as err:
+                self.skip(clip.path, "unreadable", f"unreadable: {err}".replace(f"{clip.path}: ", ""))
+                continue
+            count, available = windows(times, fps, frames, split)
+            if count == 0:
+                self.skip(clip.path, "too short", f"too short: {available} frames at {fps:g} fps, needs {frames}")
+                continue
+            for k in range(have, count):
+                sample = conform(pixels, times, fps, frames, target, start=k * frames)
+                record = {**clip.record, "window": k, "windows": count, "caption": clip.caption}
+                pending[target].append((sample, record))
+                if len(pending[target]) >= self.batch:
+                    self.flush(caches[target], pending[target])
+        for target, items in pending.items():
+            self.flush(caches[target], items)
+
+    def flush(self, cache: Path, items: list) -> None:
+        """Encode and write the pending samples of one cache (and empty the list)."""
         if not items:
-            return 0
-        use("vae")
-        latents = encoders.vae.encode(torch.stack([v for v, _, _ in items]))
-        use("text")
-        contexts = encoders.text([c for _, c, _ in items])
-        w = writer(target, caches[target], "latents")
-        for lat, context, (_, _, record) in zip(latents, contexts, items):
-            w.add(record=record, latents=lat.float(), context=context, negative_context=neg)
-        return len(items)
-
-    bar = tqdm(planned, disable=not progress, unit="clip", desc="encode")
-    for clip, target in bar:
-        key = (clip.record["path"], clip.record["size"], clip.record["mtime"])
-        have, total = done[target].get(key, [0, None])
-        if total is not None and have >= total:
-            already += have
-            continue
-        seconds = None if split else (frames - 0.5) / fps
-        try:
-            pixels, times = clip.load(seconds)
-        except WanliteError as err:
-            skip(clip, "unreadable", f"unreadable: {err}".replace(f"{clip.path}: ", ""))
-            continue
-        count, available = windows(times, fps, frames, split)
-        if count == 0:
-            skip(clip, "too short", f"too short: {available} frames at {fps:g} fps, needs {frames}")
-            continue
-        for k in range(have, count):
-            sample = conform(pixels, times, fps, frames, target, start=k * frames)
-            record = {**clip.record, "window": k, "windows": count, "caption": clip.caption}
-            pending.setdefault(target, []).append((sample, clip.caption, record))
-            if len(pending[target]) >= max(1, batch):
-                encoded += flush(target)
-        already += have
-    for target in list(pending):
-        encoded += flush(target)
-    return encoded, already
+            return
+        self.use("vae")
+        latents = self.encoders.vae.encode(torch.stack([v for v, _ in items]))
+        self.use("text")
+        contexts = self.encoders.text([r["caption"] for _, r in items])
+        w = self.writer(cache, "latents")
+        for lat, context, (_, record) in zip(latents, contexts, items):
+            w.add(record=record, latents=lat.float(), context=context, negative_context=self.negative)
+        self.encoded += len(items)
+        items.clear()
 
 
 # ------------------------------------------------------------------ checking a cache
