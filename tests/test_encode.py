@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from wanlite.cli import main
 from wanlite.errors import ConfigError, FormatError
@@ -89,8 +90,14 @@ def test_encode_writes_a_cache_that_distill_trains_on(tmp_path, wan16):
     from wanlite.train import DistillConfig, distill
 
     captions = ["a red cat walking on grass", "a blue dog running", "the city street at night", "rain on sand"]
-    for i, caption in enumerate(captions):
+    for i, caption in enumerate(captions[:2]):
         _clip(tmp_path / "clips", f"clip{i}.mp4", caption, seed=i)
+    _clip(tmp_path / "clips", "clip2.gif", captions[2], seed=2)
+    frames = tmp_path / "clips" / "clip3"  # a folder of frames, its caption beside it
+    frames.mkdir()
+    for k, frame in enumerate(_frames(12, 32, 48, seed=3)):
+        Image.fromarray(frame.numpy()).save(frames / f"{k:04d}.png")
+    (tmp_path / "clips" / "clip3.txt").write_text(captions[3])
     out = tmp_path / "cache"
     assert _run(tmp_path / "clips", wan16, out, "--batch", "2") == 0
     cache = CachedSource(out)
@@ -244,6 +251,39 @@ def test_prompts_make_an_embeddings_only_cache(tmp_path, wan16):
     torch.testing.assert_close(cache[1]["context"], encoders.text(["the city street at night"])[0])
     torch.testing.assert_close(cache[0]["negative_context"], encoders.text(["rain"])[0])
     assert [json.loads(line)["reason"] for line in (out / "skipped.jsonl").open()] == ["empty prompt"]
+
+    from wanlite.testing import random_wan, tiny_spec
+    from wanlite.train import DistillConfig, distill
+
+    cfg = DistillConfig(
+        run_dir=str(tmp_path / "run"), data=str(out), objective="dmd", steps=2, batch_size=1, val_samples=1,
+        val_every=0, checkpoint_every=-1, progress=False, latent_shape=(16, 1, 4, 4), student_steps=2,
+    )  # fmt: skip
+    teacher, student = random_wan(tiny_spec("t2v", num_layers=2), seed=0), random_wan(tiny_spec(num_layers=1), seed=1)
+    losses = [r for r in distill(cfg, teacher=teacher, student=student).metrics() if "loss" in r]
+    assert losses and all(math.isfinite(r["loss"]) for r in losses)  # data-free: prompts are all it needs
+
+
+def test_models_from_a_hub_id_offline(tmp_path, wan16, monkeypatch):
+    import shutil
+
+    from huggingface_hub import constants
+
+    repo = tmp_path / "repo"
+    shutil.copytree(wan16, repo)
+    (repo / "model_index.json").write_text('{"_class_name": "WanPipeline"}')
+    storage = tmp_path / "hub" / "models--org--wan-tiny"
+    (storage / "refs").mkdir(parents=True)
+    (storage / "refs" / "main").write_text("a" * 40)
+    shutil.copytree(repo, storage / "snapshots" / ("a" * 40))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    encoders = load_encoders("org/wan-tiny", device="cpu", text_length=16)
+    direct = load_encoders(wan16, device="cpu", text_length=16)
+    torch.testing.assert_close(encoders.text(["a red cat"]), direct.text(["a red cat"]))
+    with pytest.raises(FormatError, match="not .*in the local cache"):
+        load_encoders("org/not-cached", device="cpu")
 
 
 def test_toy_encode_is_the_toy_world_cache(tmp_path):

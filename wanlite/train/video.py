@@ -87,7 +87,7 @@ def read(path, seconds: float | None = None, folder_fps: float = 16.0) -> tuple[
         frames = []
         for f in files:
             with Image.open(f) as im:
-                frames.append(torch.from_numpy(np.asarray(im.convert("RGB"))))
+                frames.append(torch.from_numpy(np.array(im.convert("RGB"))))
         return torch.stack(frames), torch.arange(len(frames), dtype=torch.float64) / folder_fps
     av = _av()
     frames, times = [], []
