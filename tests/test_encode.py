@@ -298,3 +298,81 @@ def test_toy_encode_is_the_toy_world_cache(tmp_path):
     torch.testing.assert_close(cache[0]["negative_context"], toy.encode_text([""])[0])
     assert runs.toy_data(tmp_path / "run", 6) == tmp_path / "run" / "data"  # what notebook 02 trains on: the same
     assert all(torch.equal(CachedSource(tmp_path / "run" / "data")[i]["latents"], cache[i]["latents"]) for i in [0, 5])
+
+
+def test_conform_resamples_resizes_and_crops_like_the_arithmetic_says():
+    frames = torch.arange(12, dtype=torch.uint8).view(12, 1, 1, 1).expand(12, 32, 48, 3).clone()
+    frames[:, :, :8] = 255  # a left band the centre crop to 32x32 removes
+    times = torch.arange(12, dtype=torch.float64) / 16  # 16 fps source
+    clip = conform(frames, times, fps=8.0, n=5, size=(32, 32))  # 8 fps: every other frame
+    assert clip.shape == (3, 5, 32, 32)
+    torch.testing.assert_close(clip[0, :, 0, 0] * 255, torch.tensor([0.0, 2, 4, 6, 8]))
+    assert clip.max() * 255 < 9  # the band is cropped away: 48 wide -> 32, 8 px each side
+    later = conform(frames, times, fps=8.0, n=1, size=(32, 32), start=5)
+    assert round(float(later[0, 0, 0, 0]) * 255) == 10
+    from wanlite.train.encode import windows
+
+    assert windows(times, 8.0, 5, split=False) == (1, 6) and windows(times, 8.0, 3, split=True) == (2, 6)
+
+
+def test_split_cuts_a_long_clip_into_samples(tmp_path, wan16):
+    _clip(tmp_path / "clips", "long.mp4", "a red cat", n=21)  # 21 frames at 8 fps: 4 samples of 5
+    encoders = load_encoders(wan16, device="cpu", text_length=16)
+    clips, _ = gather(tmp_path / "clips")
+    result = encode(
+        tmp_path / "c", encoders, clips=clips, size=SIZE, frames=FRAMES, fps=FPS, split=True, progress=False
+    )
+    cache = CachedSource(tmp_path / "c")
+    assert result.encoded == 4 and [r["window"] for r in cache.manifest["shards"][0]["records"]] == [0, 1, 2, 3]
+    frames, times = videoio.read(clips[0].path)
+    third = encoders.vae.encode(conform(frames, times, FPS, FRAMES, SIZE, start=2 * FRAMES)[None])[0]
+    torch.testing.assert_close(cache[2]["latents"], third)
+    assert not torch.allclose(cache[1]["latents"], cache[2]["latents"])
+
+
+KILLED = """
+import sys, time, torch
+torch.set_num_threads(1)
+from wanlite import runs
+from wanlite.train.encode import encode
+encoders = runs.toy_encoders()
+real = encoders.vae.encode
+def slow(video):
+    time.sleep(0.15)
+    return real(video)
+encoders.vae.encode = slow
+encode(sys.argv[1], encoders, clips=runs.toy_clips(40), batch=1, shard_size=1, progress=False, **runs.toy_settings())
+"""
+
+
+def test_a_sigkilled_run_keeps_its_finished_shards_and_the_next_run_continues(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from wanlite import runs
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "cache"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED, str(out)], env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "manifest.json").is_file() and CachedSource(out).manifest["count"] >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the encoder ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    kept = len(CachedSource(out))
+    assert 3 <= kept < 40
+    result = runs.encode_toy(out, 40, progress=False, log=lambda line: None)
+    assert (result.already, result.encoded) == (kept, 40 - kept)
+    cache = CachedSource(out)
+    paths = [r["path"] for s in cache.manifest["shards"] for r in s["records"]]
+    assert paths == [f"toy world clip {i}" for i in range(40)]  # each clip once, in order
+    fresh = runs.encode_toy(tmp_path / "fresh", 40, progress=False, log=lambda line: None)
+    assert all(torch.equal(cache[i]["latents"], CachedSource(fresh.out)[i]["latents"]) for i in range(0, 40, 7))
