@@ -234,6 +234,11 @@ def test_clear_errors_for_mixed_sizes_missing_encoders_and_pickles(tmp_path, wan
     assert main(["encode", "--prompts", str(tmp_path / "p.txt"), "--models", str(tmp_path), "--out", "x"]) == 2
     assert "missing the text encoder" in capsys.readouterr().err
 
+    official = tmp_path / "Wan2.1-T2V-1.3B"  # the Wan-AI layout: pickled VAE and umT5
+    official.mkdir()
+    (official / "Wan2.1_VAE.pth").write_bytes(b"not unpickled")
+    with pytest.raises(ConfigError, match="missing the VAE.*official Wan layout.*-Diffusers"):
+        load_encoders(official, device="cpu")
     pth = tmp_path / "wan_2.1_vae.pth"
     pth.write_bytes(b"not unpickled")
     with pytest.raises(FormatError, match="never unpickles.*wan_2.1_vae.safetensors"):

@@ -13,6 +13,7 @@ The toy world runs the same code with the toy VAE and toy text encoder (`runs.to
 from __future__ import annotations
 
 import csv
+import html
 import json
 import math
 import os
@@ -49,9 +50,8 @@ class UMT5Text:
     @torch.no_grad()
     def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
         p = next(self.model.parameters())
-        clean = [re.sub(r"\s+", " ", text).strip() for text in prompts]
         tokens = self.tokenizer(
-            clean,
+            [_clean(text) for text in prompts],
             padding="max_length",
             max_length=self.length,
             truncation=True,
@@ -78,17 +78,15 @@ class Encoders:
     modules: dict = field(default_factory=dict)  # "vae" / "text": torch modules to place
 
 
-def _vae_path(models: Path | None, vae) -> Path | None:
-    if vae is not None:
-        return Path(vae)
-    if models is None:
-        return None
-    if models.is_file():
-        return models
-    for candidate in (models / "vae", models):
-        if (candidate / "config.json").is_file():
-            return candidate
-    return None
+def _clean(text: str) -> str:
+    """Wan's prompt cleaning: ftfy (when installed), HTML entities, runs of whitespace."""
+    try:
+        import ftfy
+
+        text = ftfy.fix_text(text)
+    except ImportError:
+        pass
+    return re.sub(r"\s+", " ", html.unescape(html.unescape(text))).strip()
 
 
 def _refuse_pickle(path: Path) -> None:
@@ -132,15 +130,15 @@ def load_encoders(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
-    vae_path = _vae_path(models, vae)
+    vae_path = Path(vae) if vae is not None else (models / "vae" if models else None)
     te_path = Path(text_encoder) if text_encoder else (models / "text_encoder" if models else None)
     tok_path = Path(tokenizer) if tokenizer else None
     if tok_path is None and te_path is not None:
         beside = te_path.parent / "tokenizer"
         tok_path = beside if beside.is_dir() else te_path
     missing = []
-    if need_vae and (vae_path is None or not vae_path.exists()):
-        looked = vae if vae is not None else (f"{models}/vae/config.json" if models else "(no --models)")
+    if need_vae and (vae_path is None or not (vae_path.is_file() or (vae_path / "config.json").is_file())):
+        looked = f"{vae_path}/config.json" if vae_path and not vae_path.suffix else (vae_path or "(no --models)")
         missing.append(f"the VAE (looked for {looked}; or pass --vae)")
     if te_path is None or not (te_path / "config.json").is_file():
         looked = f"{te_path}/config.json" if te_path else "(no --models)"
@@ -150,9 +148,11 @@ def load_encoders(
     elif tok_path is None or not any((tok_path / n).is_file() for n in ("tokenizer.json", "spiece.model")):
         missing.append(f"the tokenizer (looked for {tok_path}/tokenizer.json or spiece.model; or pass --tokenizer)")
     if missing:
+        official = models is not None and models.is_dir() and any(models.glob("*VAE*.pth"))
+        hint = " (this is the official Wan layout: its VAE and umT5 are pickles, never loaded)" if official else ""
         raise ConfigError(
-            f"{models or 'encoders'}: missing " + " and ".join(missing) + ". Fix: --models a Diffusers-format Wan "
-            "directory or Hub id (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers: vae/, text_encoder/, tokenizer/)."
+            f"{models or 'encoders'}: missing " + " and ".join(missing) + f"{hint}. Fix: --models a Diffusers-format "
+            "Wan directory or Hub id (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers: vae/, text_encoder/, tokenizer/)."
         )
     from transformers import AutoTokenizer, UMT5EncoderModel
 
