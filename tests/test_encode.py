@@ -185,8 +185,13 @@ def test_resume_after_an_interrupt_skips_finished_clips(tmp_path, wan16):
     assert all(cache[i]["latents"].abs().sum() > 0 for i in range(6))
     again = encode(tmp_path / "cache", encoders, clips=clips, **opts)  # nothing left to do
     assert (again.encoded, again.already) == (0, 6)
+    _clip(tmp_path / "clips", "new.mp4", "a new dog", seed=10)  # rewritten: a new version of the same path
+    lines = []
+    changed = encode(tmp_path / "cache", encoders, clips=gather(tmp_path / "clips")[0], log=lines.append, **opts)
+    assert (changed.encoded, changed.already) == (1, 5) and any("new.mp4: changed since encoded" in x for x in lines)
     with pytest.raises(ConfigError, match="other settings.*frames.*--overwrite"):
         encode(tmp_path / "cache", encoders, clips=clips, **{**opts, "frames": 1})
+    clips, _ = gather(tmp_path / "clips")
     fresh = encode(tmp_path / "cache", encoders, clips=clips, overwrite=True, **{**opts, "frames": 1})
     assert fresh.encoded == 6 and CachedSource(tmp_path / "cache").shapes["latents"][1] == 1
 

@@ -118,6 +118,7 @@ def _encode(args) -> int:
     )
     if args.low_memory and encoders.modules.get("vae") is not None:
         encoders.modules["vae"].enable_tiling()
+        encoders.modules["vae"].enable_slicing()
     if args.prompts:
         from pathlib import Path
 

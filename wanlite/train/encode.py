@@ -116,6 +116,7 @@ def load_encoders(
     from ..evaluate.vae import DiffusersWanVAE
     from ..formats import hub
 
+    name = str(models or vae)  # what the cache records: the Hub id itself, not its snapshot folder
     if models is not None and hub.is_repo_id(models):
         patterns = ["vae/*.json", "vae/*.safetensors", "text_encoder/*.json", "text_encoder/*.safetensors"]
         patterns += ["tokenizer/*"]
@@ -180,7 +181,6 @@ def load_encoders(
     text_model = UMT5EncoderModel.from_pretrained(te_path, torch_dtype=dtype, use_safetensors=True).to(device).eval()
     modules["text"] = text_model
     text = UMT5Text(text_model, AutoTokenizer.from_pretrained(tok_path), length=text_length)
-    name = str(models) if models else str(vae_path)
     return Encoders(vae=wrapped, text=text, stride=stride, name=name, modules=modules)
 
 
@@ -551,8 +551,11 @@ class _Job:
         caches = {t: (self.out / f"{t[0]}x{t[1]}" if bucket else self.out) for _, t in planned}
         done = {t: _done(c, self.settings, self.overwrite) for t, c in caches.items()}
         pending: dict = {t: [] for t in caches}
+        encoded_paths = {key[0] for d in done.values() for key in d}
         for clip, target in self.bar(planned, "clip"):
             have, total = done[target].get((clip.record["path"], clip.record["size"], clip.record["mtime"]), [0, 0])
+            if not have and clip.record["path"] in encoded_paths:
+                self.say(f"note {clip.path}: changed since encoded; encoding it again (--overwrite drops old ones)")
             self.already += have
             if total and have >= total:
                 continue
