@@ -42,6 +42,7 @@ _LAZY = {
     "Comparison": "evaluate",
     "CompareConfig": "evaluate",
     "compare_paths": "runs",
+    "quantization_report": "evaluate.quantization",
     "comfy": "formats.comfy",
     "lora": "compress.lora",
     "toy": "toy",

@@ -16,6 +16,8 @@ def _inspect(args) -> int:
         print(f"  pruned from its teacher: {pruning!r}")
         if args.full:
             print("  pruning record: " + pruning.to_json())
+    if source.quant is not None and args.full:
+        print("  quantized tensors: " + ", ".join(source.quant.quantized))
     if source.sampling is not None:
         print(f"  samples with its own settings: {source.sampling!r}\n    ComfyUI: {source.sampling.comfyui()}")
     if source.provenance:
@@ -43,6 +45,14 @@ def _convert(args) -> int:
     model = load_wan(args.src, torch_dtype=dtype, expert=args.expert, **_hub(args))
     provenance = dict(model.wanlite_source.provenance)
     provenance.setdefault("converted_from", str(args.src))
+    source_quant = model.wanlite_source.quant
+    if source_quant is not None:  # dequantized on load: the new file carries both quantizations' errors
+        provenance["dequantized_from"] = source_quant.format
+        print(
+            f"note: {args.src} is quantized ({source_quant.format}); it was dequantized on load, so "
+            f"{'re-quantizing' if args.quant else 'this export'} keeps its error"
+            + (" and adds the new one. Convert from the bf16/fp32 original for the best file." if args.quant else ".")
+        )
     export = save_wan(
         model,
         args.dst,
@@ -52,6 +62,7 @@ def _convert(args) -> int:
         overwrite=args.overwrite,
         allow_non_comfyui=args.allow_non_comfyui,
         comfyui_root=args.comfyui_root,
+        quant=args.quant,
     )
     print(repr(export))
     return 0
@@ -61,6 +72,18 @@ def _lora_remap(args) -> int:
     from .compress.lora import remap
 
     print(repr(remap(args.lora, args.student, out=args.out, format=args.format, overwrite=args.overwrite)))
+    return 0
+
+
+def _quant_report(args) -> int:
+    from .runs import quant_report
+
+    report = quant_report(
+        args.model, args.formats, args.out, toy_world=True if args.toy else None, work_dir=args.keep_files
+    )
+    print(repr(report))
+    if args.out:
+        print(f"written: {args.out}/quant_report.md, quant_report.json")
     return 0
 
 
@@ -155,6 +178,8 @@ def _hub(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .formats.quant import QUANTS
+
     parser = argparse.ArgumentParser(
         prog="wanlite",
         description=__doc__,
@@ -167,15 +192,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="layout, Wan config, parameters, dtypes and the ComfyUI verdict of any Wan path")
     p.add_argument("path")
     p.add_argument("--expert", choices=["high_noise", "low_noise"], help="Wan2.2 A14B expert to read")
-    p.add_argument("--full", action="store_true", help="print the whole pruning record and every provenance entry")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="print the whole pruning record, every provenance entry and every quantized tensor",
+    )
     _hub_options(p)
     p.set_defaults(run=_inspect)
 
     p = sub.add_parser("convert", help="rewrite a Wan transformer in another layout")
     p.add_argument("src")
     p.add_argument("dst", nargs="?", help="output directory (wan, diffusers) or .safetensors file (comfyui)")
-    p.add_argument("--layout", choices=["wan", "comfyui", "diffusers"], default="wan")
+    p.add_argument("--layout", choices=["wan", "comfyui", "diffusers"], help="default: wan (with --quant: comfyui)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: as stored (comfyui: bf16)")
+    p.add_argument(
+        "--quant",
+        choices=list(QUANTS),
+        help="one quantized ComfyUI file: fp8_e4m3fn, fp8_scaled (legacy ComfyUI scaled fp8), or a GGUF type",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     p.add_argument("--expert", choices=["high_noise", "low_noise"], help="Wan2.2 A14B expert to read")
     p.add_argument("--comfyui-root", help="write straight into ComfyUI/models/diffusion_models/ of this install")
@@ -238,6 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae", help="a local diffusers AutoencoderKLWan directory (pixel PSNR/SSIM)")
     p.add_argument("--run-dir", help="a distillation run directory: its loss curves go in the report")
     p.set_defaults(run=_compare)
+
+    p = sub.add_parser("quant-report", help="what each quantized format costs: size, bits/weight, errors, adherence")
+    p.add_argument("model")
+    p.add_argument("--formats", nargs="*", choices=["bf16", *QUANTS], help="default: bf16 and every quant type")
+    p.add_argument("--out", help="write quant_report.md/.json here")
+    p.add_argument("--toy", action="store_true", help="a toy-world model (auto-detected in toy bundles and runs)")
+    p.add_argument("--keep-files", help="keep the exported files in this directory")
+    p.set_defaults(run=_quant_report)
     return parser
 
 

@@ -271,6 +271,60 @@ def compare_paths(
     return comp
 
 
+def _toy_run(path) -> bool:
+    """Whether `path` lies in a run directory whose teacher is the toy teacher (its teacher.json says so)."""
+    for folder in Path(path).resolve().parents:
+        if (folder / "teacher.json").is_file():
+            return is_toy(json.loads((folder / "teacher.json").read_text()).get("teacher_path", ""))
+    return False
+
+
+def quant_report(
+    model_path,
+    formats: Sequence[str] | None = None,
+    out_dir=None,
+    *,
+    toy_world: bool | None = None,
+    prompts: Sequence[str] | None = None,
+    work_dir=None,
+):
+    """`evaluate.quantization_report` for a model on disk (any Wan layout, loaded in fp32). A toy-world model
+    (`toy_world`, default: the path lies in a toy bundle or a run directory of the toy world) is measured on toy
+    captions with its own sampling, its clip size and prompt adherence over all 48 captions per format; any other
+    model on two seeded random contexts. Writes quant_report.md/.json to `out_dir` when given."""
+    from .evaluate.quantization import FORMATS, quantization_report
+    from .formats import load_wan
+
+    model = load_wan(model_path, torch_dtype=torch.float32)
+    if toy_world is None:
+        toy_world = _toy_bundle(model_path) is not None or _toy_run(model_path)
+    kwargs = {}
+    if toy_world:
+        from . import toy
+
+        how = toy.sampling_of(model)
+        prompts = list(prompts or toy.captions()[:: len(toy.captions()) // 8][:8])
+        kwargs = dict(
+            contexts=toy.encode_text(prompts),
+            negative_context=toy.encode_text([""]),
+            latent_size=toy.load_vae().latent_shape()[1:],
+            sampling=how,
+            adherence=lambda m: toy.evaluate(m, sampling=how).as_dict(),
+        )
+    elif prompts:
+        from .errors import ConfigError
+
+        raise ConfigError("quant_report: prompts are toy-world captions. Fix: pass toy_world=True (CLI: --toy).")
+    report = quantization_report(model, formats or FORMATS, work_dir=work_dir, name=str(model_path), **kwargs)
+    if toy_world:
+        report.notes.append(
+            f"toy world: {len(prompts)} captions for velocities/samples; adherence over all 48 captions"
+        )
+    if out_dir is not None:
+        report.save(out_dir)
+    return report
+
+
 # ---------------------------------------------------------------- the notebooks' first cell
 # Every notebook starts with this cell, word for word (tests/test_notebooks.py checks it): on Colab it installs
 # wanlite from the one setting WANLITE_INSTALL; everywhere else it does nothing.

@@ -17,7 +17,8 @@ import torch
 from ..errors import FormatError, SpecError
 from . import keys as keymap
 from .io import read_header, refuse_pickle
-from .load import WanSource, materialize
+from .load import WanSource, materialize, quantized_view
+from .quant import QuantInfo
 from .spec import COMFY_HEAD_DIM, WanSpec
 
 PREFIX = "model.diffusion_model."
@@ -37,6 +38,7 @@ class ComfyReport:
     unexpected: list[str] = field(default_factory=list)  # ComfyUI: logged, ignored
     mismatched: list[str] = field(default_factory=list)  # ComfyUI: size-mismatch error
     warnings: list[str] = field(default_factory=list)  # silent mis-loads
+    quant: QuantInfo | None = None  # fp8 / scaled fp8 / GGUF (ComfyUI-GGUF's UnetLoaderGGUF), None for bf16/fp16/fp32
 
     @property
     def ok(self) -> bool:
@@ -53,6 +55,10 @@ class ComfyReport:
             f"  detected: {self.model_class} ({self.latent_format} latents), prefix {self.prefix or '(none)'!r}",
             f"  config as ComfyUI infers it: {self.spec}",
         ]
+        if self.quant is not None:
+            gguf = self.quant.format.startswith("gguf")
+            node = "Unet Loader (GGUF), ComfyUI-GGUF" if gguf else "Load Diffusion Model"
+            lines.append(f"  quantization: {self.quant} — load with {node}")
         for title, items in (
             ("missing keys (left uninitialised by ComfyUI)", self.missing),
             ("unexpected keys (ignored by ComfyUI)", self.unexpected),
@@ -84,7 +90,9 @@ def _model_class(shapes: dict, spec: WanSpec) -> str:
 
 
 def check(path) -> ComfyReport:
-    """Inspect one file as ComfyUI would (headers only) and report every difference from a faithful load."""
+    """Inspect one file as ComfyUI would (headers only) and report every difference from a faithful load. fp8 and
+    scaled-fp8 files are read as ComfyUI's Load Diffusion Model does, .gguf files as ComfyUI-GGUF's UnetLoaderGGUF
+    (which checks the architecture, then runs ComfyUI's own shape-based detection)."""
     path = Path(path)
     if not path.exists():
         raise FormatError(f"{path}: no such file. Fix: check the path.")
@@ -94,7 +102,7 @@ def check(path) -> ComfyReport:
             f"ComfyUI/models/diffusion_models/. Fix: wanlite convert {path} student.safetensors --layout comfyui"
         )
     refuse_pickle(path)
-    entries, metadata = read_header(path)
+    entries, metadata, quant = quantized_view(path)
     prefixed = {k[len(PREFIX) :]: e for k, e in entries.items() if k.startswith(PREFIX)}
     prefix, entries = (PREFIX, prefixed) if prefixed else ("", entries)
     shapes = {k: tuple(e.shape) for k, e in entries.items()}
@@ -118,6 +126,7 @@ def check(path) -> ComfyReport:
         spec,
         _model_class(shapes, spec),
         "Wan22 (48 channels)" if spec.out_dim == 48 else "Wan21 (16 channels)",
+        quant=quant,
     )
     if report.model_class in ("WAN21_Vace", "WAN21_Camera"):
         report.warnings.append(f"{report.model_class} add-on weights are not checked by wanlite")
@@ -189,10 +198,18 @@ def load(path, torch_dtype=torch.float32, device=None):
         )
     if report.model_class in ("WAN21_Vace", "WAN21_Camera"):
         raise FormatError(f"{path}: {report.model_class} models are detected but not built by wanlite.")
-    entries, metadata = read_header(Path(path))
+    entries, metadata, quant = quantized_view(Path(path))
     entries = {k[len(report.prefix) :]: e for k, e in entries.items() if k.startswith(report.prefix)}
     source = WanSource(
-        Path(path), "single-file", report.spec, entries, "official", None, metadata, ["loaded as ComfyUI infers it"]
+        Path(path),
+        "single-file",
+        report.spec,
+        entries,
+        "official",
+        None,
+        metadata,
+        ["loaded as ComfyUI infers it"],
+        quant,
     )
     model = materialize(source, torch_dtype, device)
     if torch_dtype in (torch.float16, "fp16"):

@@ -190,3 +190,28 @@ def swap_into_place(tmp: Path, out: Path) -> None:
 
 def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+_CODES = {dtype: code for code, dtype in DTYPES.items()}
+
+
+def write_safetensors(path: Path, plan: list[tuple[str, torch.dtype, tuple]], tensors, metadata: dict) -> None:
+    """Write a safetensors file one tensor at a time: `plan` gives (name, dtype, shape) of every tensor in order,
+    `tensors` yields them in that order, so only one converted tensor is ever held (safetensors' save_file needs
+    them all at once)."""
+    header, offset = {"__metadata__": metadata}, 0
+    for name, dtype, shape in plan:
+        n = dtype.itemsize
+        for s in shape:
+            n *= s
+        header[name] = {"dtype": _CODES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)) + raw)
+        for (name, dtype, shape), t in zip(plan, tensors):
+            if t.dtype != dtype or tuple(t.shape) != tuple(shape):
+                raise FormatError(f"{path}: tensor {name} is {t.dtype} {list(t.shape)}, planned {dtype} {list(shape)}")
+            if t.numel():
+                fh.write(t.contiguous().view(-1).view(torch.uint8).numpy())

@@ -21,7 +21,9 @@ from safetensors import safe_open
 
 from ..errors import FormatError, SpecError
 from . import keys as keymap
+from .gguf import read_gguf
 from .io import _CHUNK, TensorEntry, open_files, read_header, read_tensor, refuse_pickle
+from .quant import QuantEntry, QuantInfo, fp8_view
 from .records import pruning_from_metadata, sampling_from_metadata
 from .spec import WanSpec, block_indices
 
@@ -65,6 +67,7 @@ class WanSource:
     config: dict | None = None
     metadata: dict = field(default_factory=dict)  # safetensors metadata of the first weight file
     notes: list[str] = field(default_factory=list)
+    quant: QuantInfo | None = None  # how the file is quantized (fp8, scaled fp8, GGUF), None when it is not
 
     @property
     def files(self) -> list[Path]:
@@ -108,8 +111,21 @@ class WanSource:
             f"  {self.spec}",
             f"  {self.num_params:,} parameters in {len(self.files)} file(s), dtypes {self.dtypes}",
         ]
+        if self.quant is not None:
+            lines.append(f"  quantization: {self.quant}")
+            lines += [f"  note: {n}" for n in self.quant.notes]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def quantized_view(path: Path) -> tuple[dict, dict[str, str], QuantInfo | None]:
+    """A weight file's tensors by stored name (scale and marker keys folded into their weights), its metadata and
+    how it is quantized (None for a plain bf16/fp16/fp32 file). GGUF or safetensors."""
+    path = Path(path)
+    if path.suffix.lower() == ".gguf":
+        return read_gguf(path)
+    entries, metadata = read_header(path)
+    return fp8_view(path, entries, metadata)
 
 
 def _fail(path, what: str, fix: str) -> FormatError:
@@ -320,7 +336,7 @@ def inspect_wan(path, expert: str | None = None, variant: str | None = None, **h
 
 
 def _inspect_file(path: Path) -> WanSource:
-    entries, metadata = read_header(path)
+    entries, metadata, quant = quantized_view(path)
     entries, naming, notes = _to_official_names(entries, path)
     shapes = {k: e.shape for k, e in entries.items()}
     try:
@@ -334,7 +350,7 @@ def _inspect_file(path: Path) -> WanSource:
             f"the file's metadata says {saved['num_heads']} heads, but ComfyUI (and this loader) "
             f"use dim // 128 = {spec.num_heads}: outputs will differ from the trained model"
         )
-    return WanSource(path, "single-file", spec, entries, naming, None, metadata, notes)
+    return WanSource(path, "single-file", spec, entries, naming, None, metadata, notes, quant)
 
 
 def _inspect_legacy(folder: Path) -> WanSource:
@@ -372,6 +388,7 @@ def load_wan(
 
     Built on the meta device and filled with tensors read straight from safetensors: no random init and no
     second copy. `torch_dtype` converts one tensor at a time (modules diffusers keeps in fp32 stay fp32);
+    fp8, scaled-fp8 and GGUF files are dequantized one tensor at a time into it (default: bf16);
     `expert` picks 'high_noise' or 'low_noise' of a Wan2.2 A14B release; `variant` diffusers' weight-file
     variant; `init_kwargs` go to `cls` beside the architecture (e.g. WanLiteStudent's allow_non_comfyui).
     `path` may be a Hub id `org/name` (only the transformer's files are downloaded; `hub`: subfolder, revision,
@@ -417,9 +434,13 @@ def materialize(source: WanSource, torch_dtype=None, device=None, cls=None, init
                     "use the config saved with these weights.",
                 )
             want = dtype
+            if want is None and isinstance(entry, QuantEntry):
+                want = torch.bfloat16  # a quantized weight dequantizes into the compute dtype (ComfyUI's: bf16)
             if want in (torch.float16, torch.bfloat16) and any(m in name.split(".") for m in keep_fp32):
                 want = torch.float32
-            if want in (None, entry.dtype) and device in (None, "cpu"):
+            if isinstance(entry, QuantEntry):
+                state[name] = entry.read(want, device, handles[entry.file])
+            elif want in (None, entry.dtype) and device in (None, "cpu"):
                 if entry.file not in mapped:
                     mapped[entry.file] = maps.enter_context(safe_open(entry.file, framework="pt"))
                 state[name] = mapped[entry.file].get_tensor(entry.name)

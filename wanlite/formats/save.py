@@ -12,7 +12,8 @@ import torch
 from .._version import __version__
 from ..errors import FormatError, SpecError
 from . import keys as keymap
-from .io import atomic_path, write_json
+from . import quant as quants
+from .io import atomic_path, write_json, write_safetensors
 from .load import INDEX, SHORT, WEIGHTS, parse_dtype, with_variant
 from .records import PRUNING_FILE, pruning_metadata
 from .spec import WanSpec, spec_of
@@ -35,22 +36,37 @@ class Export:
     spec: WanSpec
     dtype: str
     files: list[str]
+    quant: str | None = None
 
     def __fspath__(self) -> str:
         return str(self.path)
 
     def __repr__(self) -> str:
         files = "\n".join(f"  - {f}" for f in self.files)
-        return (
-            f"✓ Model saved successfully to: {self.path}\n{files}\n  Format: {FORMAT_LINE[self.layout]} ({self.dtype})"
-        )
+        line = FORMAT_LINE[self.layout]
+        if quants.is_gguf(self.quant):
+            line = QUANT_LINE["gguf"]
+        elif self.quant:
+            line = QUANT_LINE[self.quant]
+        return f"✓ Model saved successfully to: {self.path}\n{files}\n  Format: {line} ({self.dtype})"
 
 
-def default_comfyui_name(spec: WanSpec, dtype: torch.dtype) -> str:
-    """e.g. wanlite_t2v_0.6B_bf16.safetensors: what it is, how big, which dtype."""
+QUANT_LINE = {
+    "fp8_e4m3fn": "one ComfyUI file, block linear weights in float8_e4m3fn (no scales), the rest bf16",
+    "fp8_scaled": "one ComfyUI scaled-fp8 file (legacy form: scaled_fp8 marker + scale_weight; loads in every "
+    "ComfyUI since 2025), for models/diffusion_models/",
+    "gguf": "one ComfyUI-GGUF file (arch wan, official key names) for models/diffusion_models/, "
+    "load it with the Unet Loader (GGUF) node",
+}
+
+
+def default_comfyui_name(spec: WanSpec, dtype: torch.dtype, quant: str | None = None) -> str:
+    """e.g. wanlite_t2v_0.6B_bf16.safetensors, wanlite_t2v_0.6B_fp8_scaled.safetensors, wanlite_t2v_0.6B_Q8_0.gguf:
+    what it is, how big, which dtype or quantization."""
     n = spec.num_params()
     size = f"{n / 1e9:.1f}B" if n >= 1e8 else f"{n / 1e6:.0f}M"
-    return f"wanlite_{spec.model_type}_{size}_{SHORT[dtype]}.safetensors"
+    suffix = ".gguf" if quants.is_gguf(quant) else ".safetensors"
+    return f"wanlite_{spec.model_type}_{size}_{quant or SHORT[dtype]}{suffix}"
 
 
 def _metadata(spec: WanSpec, provenance: dict | None, pruning, sampling, beside_file: bool) -> dict[str, str]:
@@ -100,7 +116,7 @@ def _write_weights(folder: Path, state: dict, metadata: dict, max_shard_size, va
 def save_wan(
     model,
     out,
-    layout: str = "wan",
+    layout: str | None = None,
     dtype=None,
     provenance: dict | None = None,
     overwrite: bool = False,
@@ -108,6 +124,7 @@ def save_wan(
     max_shard_size="10GB",
     comfyui_root=None,
     variant: str | None = None,
+    quant: str | None = None,
 ) -> Export:
     """Write a Wan transformer so every Wan tool loads it as Wan.
 
@@ -118,16 +135,37 @@ def save_wan(
     `WanTransformer3DModel.from_pretrained` loads. The model's `.pruning` record travels in the metadata (and
     as pruning.json in directory layouts). Refuses specs ComfyUI would mis-load unless `allow_non_comfyui`;
     atomic; never overwrites without `overwrite=True`. `variant` names the weights as diffusers does
-    (diffusion_pytorch_model.<variant>.safetensors; directory layouts only)."""
+    (diffusion_pytorch_model.<variant>.safetensors; directory layouts only).
+
+    `quant` writes one quantized ComfyUI file instead (layout "comfyui", the default then): "fp8_e4m3fn",
+    "fp8_scaled" (legacy ComfyUI scaled-fp8 form) or a GGUF type "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0" (a .gguf
+    for ComfyUI-GGUF); `dtype` is then the dtype of the tensors kept unquantized (fp8: bf16 by default). Streams
+    one tensor at a time. See `wanlite.formats.quant` for which tensors each format quantizes."""
+    quant = quants.parse_quant(quant)
+    layout = layout or ("comfyui" if quant else "wan")
     if layout not in LAYOUTS:
         raise FormatError(f"unknown layout {layout!r}. Fix: use one of {list(LAYOUTS)}.")
     if variant is not None and layout == "comfyui":
         raise FormatError("variant= names the weights of a directory layout; a ComfyUI file is named by `out`.")
+    if quant and layout != "comfyui":
+        raise FormatError(
+            f"quant={quant!r} with layout {layout!r}: quantized exports are single ComfyUI files. "
+            + (
+                "A diffusers directory holds diffusers-named bf16/fp32 weights (from_pretrained would load fp8 "
+                "weights without their scales); diffusers reads the GGUF file itself with "
+                "WanTransformer3DModel.from_single_file(path, quantization_config=GGUFQuantizationConfig(...)). "
+                if layout == "diffusers"
+                else "The official Wan code loads bf16/fp32 only. "
+            )
+            + "Fix: use layout 'comfyui' (CLI: --layout comfyui, the default with --quant)."
+        )
     spec = spec_of(model)
     torch_dtype = parse_dtype(dtype) or (torch.bfloat16 if layout == "comfyui" else next(model.parameters()).dtype)
-    if not allow_non_comfyui:
+    if quant:
+        spec.check_comfyui(where=f"save_wan(quant={quant!r})")  # always: a quantized file is for ComfyUI only
+    elif not allow_non_comfyui:
         spec.check_comfyui(where=f"save_wan({layout!r})")
-    out = _comfyui_target(out, comfyui_root, spec, torch_dtype) if layout == "comfyui" else Path(out)
+    out = _comfyui_target(out, comfyui_root, spec, torch_dtype, quant) if layout == "comfyui" else Path(out)
     pruning, sampling = getattr(model, "pruning", None), getattr(model, "sampling", None)
     if sampling is None and (provenance or {}).get("objective") in FEW_STEP_OBJECTIVES:
         raise SpecError(
@@ -137,8 +175,11 @@ def save_wan(
         )
     metadata = _metadata(spec, provenance, pruning, sampling, beside_file=layout != "comfyui")
     with atomic_path(out, overwrite, is_dir=layout != "comfyui") as tmp:
-        state = _state(model, torch_dtype, official=layout != "diffusers")
-        if layout == "comfyui":
+        state = {} if quant else _state(model, torch_dtype, official=layout != "diffusers")
+        if quant:  # a model loaded from a quantized file was dequantized on load: this quantizes it again
+            _write_quantized(model, tmp, quant, parse_dtype(dtype), metadata)
+            files = [out.name]
+        elif layout == "comfyui":
             from safetensors.torch import save_file
 
             save_file(state, str(tmp), metadata=metadata)
@@ -166,12 +207,60 @@ def save_wan(
     if layout == "comfyui" and sampling is not None:  # drag-and-drop and API workflows that sample it right
         from .workflow import write_workflows
 
-        files += write_workflows(out, sampling, channels=spec.out_dim, overwrite=overwrite)
-    return Export(out, layout, spec, SHORT[torch_dtype], files)
+        loader = "UnetLoaderGGUF" if quants.is_gguf(quant) else "UNETLoader"
+        files += write_workflows(out, sampling, channels=spec.out_dim, overwrite=overwrite, loader=loader)
+    return Export(out, layout, spec, quant or SHORT[torch_dtype], files, quant)
 
 
-def _comfyui_target(out, comfyui_root, spec: WanSpec, dtype) -> Path:
-    name = default_comfyui_name(spec, dtype)
+def _official_tensors(model):
+    """(official name, tensor) one at a time, without building a second state dict."""
+    for name, t in model.state_dict().items():
+        yield keymap.official_name(name), t.detach().to("cpu")
+
+
+def _write_quantized(model, path: Path, quant: str, dtype: torch.dtype | None, metadata: dict) -> None:
+    """One tensor at a time: peak memory is the model plus one converted tensor."""
+    if quants.is_gguf(quant):
+        from .gguf import write_gguf
+
+        if dtype is not None:  # the requested dtype decides the kept big tensors: bf16 -> BF16, else F16
+            source = lambda: ((n, t.to(dtype)) for n, t in _official_tensors(model))  # noqa: E731
+        else:
+            source = lambda: _official_tensors(model)  # noqa: E731
+        write_gguf(path, source, quant, metadata)
+        return
+    keep = dtype or torch.bfloat16
+    plan, scaled = [], quant == "fp8_scaled"
+    for name, t in _official_tensors(model):
+        if quants.fp8_quantized(name, t.shape, quant):
+            plan.append((name, torch.float8_e4m3fn, tuple(t.shape)))
+            if scaled:
+                plan.append((name.removesuffix(".weight") + ".scale_weight", torch.float32, ()))
+        else:
+            plan.append((name, keep, tuple(t.shape)))
+    if scaled:
+        plan.append((quants.MARKER, torch.float8_e4m3fn, (0,)))
+
+    def tensors():
+        for name, t in _official_tensors(model):
+            if quants.fp8_quantized(name, t.shape, quant):
+                weight, scale = quants.quantize_fp8(t, scaled)
+                yield weight
+                if scaled:
+                    yield scale
+            else:
+                if keep == torch.float16 and t.is_floating_point() and t.abs().max() > 65504:
+                    raise SpecError(f"weight {name} exceeds the fp16 range. Fix: keep bf16 (the default).")
+                yield t.to(keep)
+        if scaled:
+            yield torch.empty(0, dtype=torch.float8_e4m3fn)
+
+    write_safetensors(path, plan, tensors(), {**metadata, "wanlite.quant": json.dumps(quant)})
+
+
+def _comfyui_target(out, comfyui_root, spec: WanSpec, dtype, quant: str | None = None) -> Path:
+    name = default_comfyui_name(spec, dtype, quant)
+    suffix = Path(name).suffix
     if comfyui_root is not None:
         root = Path(comfyui_root)
         if not (root / "models").is_dir():
@@ -184,7 +273,12 @@ def _comfyui_target(out, comfyui_root, spec: WanSpec, dtype) -> Path:
     if out is None:
         raise FormatError("save_wan(layout='comfyui') needs out (a file or directory path) or comfyui_root.")
     out = Path(out)
-    if out.is_dir() or out.suffix != ".safetensors":
+    if out.suffix in (".safetensors", ".gguf") and out.suffix != suffix and not out.is_dir():
+        raise FormatError(
+            f"{out}: a {'GGUF' if suffix == '.gguf' else 'safetensors'} export needs a name ending in {suffix}. "
+            f"Fix: name it {out.with_suffix(suffix).name}, or pass a directory."
+        )
+    if out.is_dir() or out.suffix != suffix:
         return out / name
     return out
 

@@ -47,11 +47,16 @@ def graph(
     height: int = 480,
     frames: int = 81,
     seed: int = 0,
+    loader: str = "UNETLoader",
 ) -> list[Node]:
-    """The workflow's nodes for a student sampled by `sampling` (t2v, 16- or 48-channel latents)."""
+    """The workflow's nodes for a student sampled by `sampling` (t2v, 16- or 48-channel latents); `loader`
+    "UnetLoaderGGUF" (ComfyUI-GGUF) for a .gguf file."""
     c = sampling.comfyui()
+    load = {"unet_name": unet_name, "weight_dtype": "default"}
+    if loader == "UnetLoaderGGUF":  # ComfyUI-GGUF's loader has no weight_dtype widget
+        load = {"unet_name": unet_name}
     nodes = [
-        Node(1, "UNETLoader", {"unet_name": unet_name, "weight_dtype": "default"}, outputs=[("MODEL", "MODEL")]),
+        Node(1, loader, load, outputs=[("MODEL", "MODEL")]),
         Node(2, "ModelSamplingSD3", {"shift": sampling.shift}, [("model", "MODEL", (1, 0))], [("MODEL", "MODEL")]),
         Node(
             3, "CLIPLoader", {"clip_name": TEXT_ENCODER, "type": "wan", "device": "default"}, outputs=[("CLIP", "CLIP")]
@@ -194,7 +199,7 @@ def ui_format(nodes: list[Node]) -> dict:
 
 def write_workflows(
     model_file: Path, sampling: Sampling, channels: int = 16, overwrite: bool = False, **settings
-) -> list[str]:
+) -> list[str]:  # settings: graph()'s (prompt, size, seed, loader ...)
     """Write `<stem>.workflow.json` (UI) and `<stem>.api.json` (API) beside a ComfyUI model file; their names."""
     nodes = graph(Path(model_file).name, sampling, channels, **settings)
     ui = ui_format(nodes)
