@@ -322,16 +322,14 @@ def test_conform_resamples_resizes_and_crops_like_the_arithmetic_says():
     assert round(float(later[0, 0, 0, 0]) * 255) == 10
     from wanlite.train.encode import windows
 
-    assert windows(times, 8.0, 5, split=False) == (1, 6) and windows(times, 8.0, 3, split=True) == (2, 6)
+    assert windows(times, 8.0, 5) == (1, 6) and windows(times, 8.0, 3, split=9) == (2, 6)
 
 
 def test_split_cuts_a_long_clip_into_samples(tmp_path, wan16):
     _clip(tmp_path / "clips", "long.mp4", "a red cat", n=21)  # 21 frames at 8 fps: 4 samples of 5
     encoders = load_encoders(wan16, device="cpu", text_length=16)
     clips, _ = gather(tmp_path / "clips")
-    result = encode(
-        tmp_path / "c", encoders, clips=clips, size=SIZE, frames=FRAMES, fps=FPS, split=True, progress=False
-    )
+    result = encode(tmp_path / "c", encoders, clips=clips, size=SIZE, frames=FRAMES, fps=FPS, split=8, progress=False)
     cache = CachedSource(tmp_path / "c")
     assert result.encoded == 4 and [r["window"] for r in cache.manifest["shards"][0]["records"]] == [0, 1, 2, 3]
     frames, times = videoio.read(clips[0].path)

@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=81, help="frames per sample, 4k+1 (default 81)")
     p.add_argument("--fps", type=float, default=16.0, help="resample clips to this frame rate (default 16)")
     p.add_argument("--bucket", action="store_true", help="aspect-ratio buckets around --size: one cache each")
-    p.add_argument("--split", action="store_true", help="cut long clips into several samples")
+    p.add_argument("--split", type=int, default=1, metavar="K", help="cut a long clip into up to K samples")
     p.add_argument("--batch", type=int, default=1, help="clips per VAE / text-encoder call")
     p.add_argument("--negative", help="the negative prompt to embed (default: Wan's own)")
     p.add_argument("--text-length", type=int, default=512, help="umT5 tokens per prompt (Wan: 512)")

@@ -1,7 +1,7 @@
 """`wanlite encode`: videos + captions -> a latents cache, prompts -> an embeddings-only cache, for `distill`.
 
 One path for every source: a clip is probed (size, fps), read only as far as needed, resampled to `fps`, cut to
-`frames` (4k+1, the Wan VAE's rule; `split` cuts a long clip into several samples), resized to cover the target
+`frames` (4k+1, the Wan VAE's rule; `split=K` cuts a long clip into up to K samples), resized to cover the target
 size (or its aspect-ratio bucket) and centre-cropped, then encoded in batches: the VAE's posterior mean normalised
 with the config's latents_mean / latents_std (as Wan's pipelines do), the caption through umT5 (zero padding past
 its tokens, which the cache strips), the negative prompt embedded once. Samples go through `ShardWriter` in append
@@ -326,12 +326,12 @@ def choose_size(height: int, width: int, size, bucket: bool, multiple: int) -> t
     return best, ""
 
 
-def windows(times: torch.Tensor, fps: float, frames: int, split: bool) -> tuple[int, int]:
-    """(how many `frames`-frame samples at `fps` a clip with these frame times holds (at most 1 without `split`),
+def windows(times: torch.Tensor, fps: float, frames: int, split: int = 1) -> tuple[int, int]:
+    """(how many `frames`-frame samples at `fps` a clip with these frame times holds, at most `split` (0 or 1: one),
     how many frames at `fps` it holds)."""
     step = float(times[1] - times[0]) if len(times) > 1 else 1 / fps
     available = int(math.floor((float(times[-1]) + step / 2) * fps + 1e-6)) + 1
-    return (available // frames if split else min(1, available // frames)), available
+    return min(max(1, split), available // frames), available
 
 
 def conform(frames: torch.Tensor, times: torch.Tensor, fps: float, n: int, size, start: int = 0) -> torch.Tensor:
@@ -410,7 +410,7 @@ def encode(
     frames: int = 81,
     fps: float = 16.0,
     bucket: bool = False,
-    split: bool = False,
+    split: int = 1,
     batch: int = 1,
     negative: str | None = None,
     overwrite: bool = False,
@@ -421,8 +421,9 @@ def encode(
     log: Callable[[str], None] | None = None,
     meta: dict | None = None,
 ) -> EncodeResult:
-    """Encode `clips` (latents cache; with `bucket`, one cache per bucket in out/HxW/) or `prompts` (an
-    embeddings-only cache) into `out`, resuming what a previous run with the same settings wrote. `skipped`:
+    """Encode `clips` (latents cache; with `bucket`, one cache per bucket in out/HxW/; `split=K`: up to K
+    consecutive samples per clip) or `prompts` (an embeddings-only cache) into `out`, resuming what a previous run
+    with the same settings wrote. `skipped`:
     inputs already found bad (`gather`'s), reported with the rest."""
     size = parse_size(size)
     if frames < 1 or (frames - 1) % 4:
@@ -528,7 +529,7 @@ class _Job:
                 w.add(record=r, context=context, negative_context=self.negative)
                 self.encoded += 1
 
-    def encode_clips(self, clips: list[Clip], size, frames: int, fps: float, bucket: bool, split: bool) -> None:
+    def encode_clips(self, clips: list[Clip], size, frames: int, fps: float, bucket: bool, split: int) -> None:
         planned, aspects = [], {}  # (clip, its target size); aspect ratio -> the first clip of it
         for clip in clips:
             try:
@@ -560,7 +561,7 @@ class _Job:
             if total and have >= total:
                 continue
             try:
-                pixels, times = clip.load(None if split else (frames - 0.5) / fps)
+                pixels, times = clip.load((max(1, split) * frames - 0.5) / fps)  # only what the samples use
             except WanliteError as err:
                 self.skip(clip.path, "unreadable", f"unreadable: {err}".replace(f"{clip.path}: ", ""))
                 continue
