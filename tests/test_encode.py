@@ -250,6 +250,18 @@ def test_clear_errors_for_mixed_sizes_missing_encoders_and_pickles(tmp_path, wan
         load_encoders(wan16, vae=pth, device="cpu")
 
 
+def test_a_single_file_vae_offline_says_what_it_needs(tmp_path, wan16, monkeypatch):
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    comfy = tmp_path / "wan_2.1_vae.safetensors"  # what diffusers recognises as a Wan VAE; its config is on the Hub
+    save_file({"decoder.middle.0.residual.0.gamma": torch.ones(4, 1, 1, 1)}, str(comfy))
+    with pytest.raises(FormatError, match="single-file VAE.*Fix: pass --vae a Diffusers vae/ folder"):
+        load_encoders(wan16, vae=comfy, device="cpu")
+
+
 def test_prompts_make_an_embeddings_only_cache(tmp_path, wan16):
     (tmp_path / "p.txt").write_text("a red cat\n\nthe city street at night\n")
     out = tmp_path / "prompts"
