@@ -11,7 +11,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-NAMES = ["01_init_from_teacher", "02_distill", "03_save", "04_reload_comfyui_loader", "05_compare"]
+NAMES = ["00_prepare_data", "01_init_from_teacher", "02_distill", "03_save", "04_reload_comfyui_loader", "05_compare"]
 
 
 def _cells(book):
@@ -24,7 +24,7 @@ def _parameters(book) -> dict:
     return {node.target.id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.AnnAssign)}
 
 
-def test_the_five_notebooks_are_numbered_in_order():
+def test_the_notebooks_are_numbered_in_order():
     assert [b.stem for b in BOOKS] == NAMES
 
 

@@ -1,4 +1,4 @@
-"""The `wanlite` command: inspect, convert, distill, compare. Errors print one message (no traceback) and exit 2."""
+"""The `wanlite` command: inspect, convert, encode, distill, compare. Errors print one message and exit 2."""
 
 from __future__ import annotations
 
@@ -112,6 +112,60 @@ def _compare(args) -> int:
     return 0
 
 
+def _encode(args) -> int:
+    from .errors import ConfigError
+    from .formats import parse_dtype
+
+    common = dict(batch=args.batch, overwrite=args.overwrite, shard_size=args.shard_size, low_memory=args.low_memory)
+    if args.toy is not None:
+        from .runs import encode_toy
+
+        encode_toy(args.out, samples=args.toy, seed=args.seed, **common)
+        return 0
+    from .train.encode import encode, gather, load_encoders
+
+    if bool(args.videos) == bool(args.prompts):
+        raise ConfigError("give --videos (with --captions) or --prompts (or --toy N).")
+    if not (args.models or args.text_encoder):
+        raise ConfigError("--models WAN_DIR_OR_HUB_ID is required (or --vae and --text-encoder).")
+    encoders = load_encoders(
+        args.models,
+        vae=args.vae,
+        text_encoder=args.text_encoder,
+        tokenizer=args.tokenizer,
+        device=args.device,
+        dtype=parse_dtype(args.dtype) if args.dtype else None,
+        revision=args.revision,
+        need_vae=bool(args.videos),
+        text_length=args.text_length,
+    )
+    if args.low_memory and encoders.modules.get("vae") is not None:
+        encoders.modules["vae"].enable_tiling()
+        encoders.modules["vae"].enable_slicing()
+    if args.prompts:
+        from pathlib import Path
+
+        lines = Path(args.prompts).read_text(encoding="utf-8").splitlines()
+        result = encode(args.out, encoders, prompts=lines, negative=args.negative, **common)
+        return 0
+    else:
+        clips, skipped = gather(args.videos, args.captions, folder_fps=args.fps)
+        result = encode(
+            args.out,
+            encoders,
+            clips=clips,
+            skipped=skipped,
+            size=args.size,
+            frames=args.frames,
+            fps=args.fps,
+            bucket=args.bucket,
+            split=args.split,
+            negative=args.negative,
+            **common,
+        )
+    return 0 if result.encoded or result.already else 2
+
+
 def _hub_options(p) -> None:
     """Where to read in a directory or a Hub repository (org/name: only the transformer's files are fetched)."""
     p.add_argument("--subfolder", help="folder (or one .safetensors file) inside the directory or Hub repository")
@@ -173,6 +227,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.set_defaults(run=_lora_remap)
 
+    p = sub.add_parser("encode", help="videos + captions (or prompts) -> a latents (or embeddings) cache for distill")
+    p.add_argument("--videos", help="a folder of videos / frame folders, or a .txt list of paths")
+    p.add_argument("--captions", default="sidecar", help="'sidecar' (NAME.txt beside each video), a .csv or .jsonl")
+    p.add_argument("--prompts", help="a text file, one prompt a line: an embeddings-only cache (data-free runs)")
+    p.add_argument("--toy", type=int, metavar="N", help="N toy-world clips through the toy VAE and text encoder")
+    p.add_argument("--seed", type=int, default=0, help="--toy: the first clip's seed")
+    p.add_argument("--models", help="a Diffusers-format Wan directory or Hub id (vae/, text_encoder/, tokenizer/)")
+    p.add_argument("--vae", help="the VAE instead: a diffusers vae/ folder or a single .safetensors (ComfyUI's)")
+    p.add_argument("--text-encoder", help="the umT5 text encoder instead: a transformers folder")
+    p.add_argument("--tokenizer", help="the tokenizer folder (default: tokenizer/ beside the text encoder)")
+    p.add_argument("--revision", help="Hub branch, tag or commit (for an org/name --models)")
+    p.add_argument("--out", required=True, help="the cache directory (re-running resumes it)")
+    p.add_argument("--size", default="480x832", help="HEIGHTxWIDTH to resize and centre-crop to (default 480x832)")
+    p.add_argument("--frames", type=int, default=81, help="frames per sample, 4k+1 (default 81)")
+    p.add_argument("--fps", type=float, default=16.0, help="resample clips to this frame rate (default 16)")
+    p.add_argument("--bucket", action="store_true", help="aspect-ratio buckets around --size: one cache each")
+    p.add_argument("--split", type=int, default=1, metavar="K", help="cut a long clip into up to K samples")
+    p.add_argument("--batch", type=int, default=1, help="clips per VAE / text-encoder call")
+    p.add_argument("--negative", help="the negative prompt to embed (default: Wan's own)")
+    p.add_argument("--text-length", type=int, default=512, help="umT5 tokens per prompt (Wan: 512)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="encoder dtype (default bf16 on GPU, else fp32)")
+    p.add_argument("--device", help="cuda, cpu, ... (default: the GPU when present)")
+    p.add_argument("--low-memory", action="store_true", help="VAE tiling; VAE and text encoder never both on device")
+    p.add_argument("--shard-size", type=int, default=64, help="samples per shard (what a kill can lose at most)")
+    p.add_argument("--overwrite", action="store_true", help="start the cache over (it is replaced when done)")
+    p.set_defaults(run=_encode)
+
     p = sub.add_parser("compare", help="compare a student with its teacher; write figures, metrics and a report")
     p.add_argument("teacher")
     p.add_argument("student")
@@ -216,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.run(args)
+    except KeyboardInterrupt:
+        if args.command != "encode":
+            raise
+        print("wanlite encode: interrupted; the finished shards are kept, run it again to continue", file=sys.stderr)
+        return 130
     except (WanliteError, OSError) as err:
         if args.debug:
             raise

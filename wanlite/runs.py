@@ -3,7 +3,7 @@
 runs/<run>/
   teacher.json          which teacher (01)           calibration/  calibration cache (01)
   student_init/         pruned, untrained (01)        distill/      config, checkpoints, metrics.jsonl (02)
-  data/                 toy-world latents cache (02)  distill/student/  distilled student (02)
+  data/                 latents cache (00 or 02)      distill/student/  distilled student (02)
   export/               wan/, comfyui/, diffusers/ (03)
   compare/              figures, metrics.json, report (05)
 Every notebook reads from here and writes here, so they chain under papermill and each also runs alone.
@@ -87,26 +87,62 @@ def load_student(run_dir, teacher_path: str = "", device: str = "cpu", initial: 
 
 def toy_data(run_dir, samples: int, seed: int = 0) -> Path:
     """A latents cache of toy-world clips (toy-VAE latents, caption and empty-prompt embeddings) in run_dir/data,
-    written once; what distillation trains on in the toy world (real latents: the task loss applies)."""
-    from . import toy
-    from .train.data import ShardWriter
+    written by `encode` (`wanlite encode --toy`; a re-run with more samples adds the new ones); what distillation
+    trains on in the toy world (real latents: the task loss applies)."""
+    from .train.data import CachedSource
 
     out = Path(run_dir) / DATA
-    if (out / "manifest.json").exists():
-        return out
-    caps, vae = toy.captions(), toy.load_vae()
-    chosen = [caps[(seed + i) % len(caps)] for i in range(samples)]
-    latents = torch.cat(
-        [
-            vae.encode(toy.batch(chosen[i : i + 32], [seed + j for j in range(i, min(i + 32, samples))]))
-            for i in range(0, samples, 32)
-        ]
-    )
-    contexts, negative = toy.encode_text(chosen), toy.encode_text([""])[0]
-    with ShardWriter(out, kind="latents", meta={"source": "wanlite toy world", "seed": seed}, overwrite=True) as w:
-        for x0, context in zip(latents, contexts):
-            w.add(latents=x0, context=context, negative_context=negative)
+    if (out / "manifest.json").exists() and "encode" not in CachedSource(out).meta:
+        return out  # an older toy cache
+    encode_toy(out, samples, seed=seed, progress=False, log=lambda line: None)
     return out
+
+
+def toy_encoders():
+    """The toy VAE and toy text encoder as `train.encode.Encoders` (the toy teacher's negative prompt is "")."""
+    from . import toy
+    from .train.encode import Encoders
+
+    vae = toy.load_vae()
+    return Encoders(vae=vae, text=toy.encode_text, negative="", stride=8, name="wanlite toy world")
+
+
+def toy_clips(samples: int, seed: int = 0) -> list:
+    """`samples` toy-world clips as `encode` sources: captions in turn, clip i drawn with seed + i, at 16 fps."""
+    from . import toy
+    from .train.encode import Clip
+    from .train.video import Probe
+
+    caps, config = toy.captions(), toy.WorldConfig()
+
+    def clip(i: int):
+        caption = caps[(seed + i) % len(caps)]
+        times = torch.arange(config.frames, dtype=torch.float64) / 16
+        return Clip(
+            path=f"toy:{seed + i}",
+            caption=caption,
+            record={"path": f"toy world clip {seed + i}", "size": 0, "mtime": 0},
+            load=lambda seconds: (toy.render(caption, seed + i, config).permute(1, 2, 3, 0), times),
+            info=lambda: Probe(config.height, config.width, 16.0, config.frames / 16),
+        )
+
+    return [clip(i) for i in range(samples)]
+
+
+def toy_settings() -> dict:
+    """`encode`'s clip settings for toy-world clips: their own size, length and frame rate (nothing resampled)."""
+    from .toy import WorldConfig
+
+    config = WorldConfig()
+    return {"size": (config.height, config.width), "frames": config.frames, "fps": 16.0}
+
+
+def encode_toy(out, samples: int = 32, seed: int = 0, **options):
+    """`wanlite encode --toy`: toy-world clips through the toy VAE and text encoder into a cache at `out`."""
+    from .train.encode import encode
+
+    options.setdefault("batch", 32)
+    return encode(out, toy_encoders(), clips=toy_clips(samples, seed), meta={"seed": seed}, **toy_settings(), **options)
 
 
 def prompt_contexts(teacher, teacher_path: str, prompts: list[str], seed: int = 0):

@@ -1,5 +1,5 @@
-"""A diffusers `AutoencoderKLWan` as the `decode(latents) -> [B, 3, F, H, W] in [0, 1]` that `compare` uses, and
-its loader (safetensors only)."""
+"""A diffusers `AutoencoderKLWan` as the `decode(latents) -> [B, 3, F, H, W] in [0, 1]` that `compare` uses (and
+the `encode` that `wanlite encode` uses), and its loader (safetensors only)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,14 @@ class DiffusersWanVAE:
         z = vae.config.z_dim
         self.mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1)
         self.std = torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1)
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """Video [B, 3, 4k+1, H, W] in [0, 1] -> normalised latents (the posterior mean, as Wan encodes)."""
+        p = next(self.vae.parameters())
+        x = (video.to(p.device, torch.float32) * 2 - 1).to(p.dtype)
+        z = self.vae.encode(x).latent_dist.mode().float()
+        return (z - self.mean.to(z.device)) / self.std.to(z.device)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""Distil the student: `DistillConfig`, objectives (one module each), data sources and the caches the teacher
-makes, the one training loop (`distill`), checkpoints and the run directory."""
+"""Distil the student: `DistillConfig`, objectives (one module each), data sources, the caches of your clips
+(`train.encode`, `wanlite encode`) and the teacher's, the one training loop (`distill`), checkpoints and the run
+directory."""
 
 from ..evaluate.curves import LivePlot
 from .caches import write_teacher_targets, write_trajectories

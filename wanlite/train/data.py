@@ -26,7 +26,7 @@ from ..errors import DestinationExistsError, FormatError, WanliteError
 from ..formats.io import clean_stale, inside, swap_into_place
 
 FORMAT = "wanlite-data"
-KINDS = ("latents", "trajectory", "targets", "ode", "synthetic")
+KINDS = ("latents", "prompts", "trajectory", "targets", "ode", "synthetic")  # prompts: embeddings only (data-free)
 RAGGED = ("context", "negative_context")  # stored without their zero padding, re-padded on read
 
 
@@ -77,19 +77,45 @@ class SyntheticSource(torch.utils.data.Dataset):
 # ------------------------------------------------------------------ safetensors caches
 class ShardWriter:
     """Writes samples to a cache directory, `shard_size` per safetensors file, atomically (a temp dir renamed
-    on `close`). Use it to cache your own VAE latents and umT5 embeddings:
+    on `close`). `wanlite encode` makes one from videos and captions (see `train.encode`); by hand:
 
         with ShardWriter("data/my-clips", kind="latents") as w:
             for video, prompt in clips:
                 w.add(latents=vae_encode(video)[0], context=umt5(prompt)[0], negative_context=umt5("")[0])
+
+    `append=True` writes straight into `out` instead, continuing the cache there (or starting it): each shard is
+    renamed into place and the manifest rewritten after it, so a killed run loses at most the shard being written.
+    `add(record=...)` stores a small JSON record per sample in its shard's manifest entry (`encode`: the source).
     """
 
     def __init__(
-        self, out, kind: str = "latents", shard_size: int = 64, meta: dict | None = None, overwrite: bool = False
+        self,
+        out,
+        kind: str = "latents",
+        shard_size: int = 64,
+        meta: dict | None = None,
+        overwrite: bool = False,
+        append: bool = False,
     ):
         if kind not in KINDS:
             raise WanliteError(f"ShardWriter kind={kind!r}; expected one of {KINDS}.")
         self.out, self.kind, self.shard_size, self.meta = Path(out), kind, shard_size, dict(meta or {})
+        self.pending: list[dict] = []
+        self.records: list = []
+        self.shards: list[dict] = []
+        self.shapes: dict[str, tuple] = {}
+        self.count = 0
+        self.append = append
+        if append:
+            self.tmp = self.out
+            self.out.mkdir(parents=True, exist_ok=True)
+            if (self.out / "manifest.json").is_file():
+                old = CachedSource(self.out).manifest
+                if old["kind"] != kind:
+                    raise WanliteError(f"{self.out} holds a {old['kind']!r} cache; cannot append {kind!r} samples.")
+                self.shards, self.count = old["shards"], old["count"]
+                self.shapes = {k: tuple(v) for k, v in old["shapes"].items()}
+            return
         if self.out.exists() and not overwrite:
             raise DestinationExistsError(f"{self.out} already exists; choose another directory or pass overwrite=True.")
         if self.out.exists() and not _is_cache(self.out):  # overwrite replaces a cache, never anything else
@@ -101,12 +127,8 @@ class ShardWriter:
         clean_stale(self.out.parent)
         self.tmp = self.out.with_name(f".{self.out.name}.wanlite-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         self.tmp.mkdir()
-        self.pending: list[dict] = []
-        self.shards: list[dict] = []
-        self.shapes: dict[str, tuple] = {}
-        self.count = 0
 
-    def add(self, **tensors: torch.Tensor) -> None:
+    def add(self, record=None, **tensors: torch.Tensor) -> None:
         """Add one sample (tensors without batch dim). Every sample must have the same keys and shapes."""
         item = {k: v.detach().cpu().contiguous() for k, v in tensors.items() if v is not None}
         shapes = {k: tuple(v.shape) for k, v in item.items()}
@@ -118,6 +140,7 @@ class ShardWriter:
                 "holds one resolution and one set of keys: write one cache per resolution."
             )
         self.pending.append(item)
+        self.records.append(record)
         self.count += 1
         if len(self.pending) == self.shard_size:
             self._flush()
@@ -141,13 +164,18 @@ class ShardWriter:
             else:
                 data[key] = torch.stack(rows)
         name = f"shard-{len(self.shards):05d}.safetensors"
-        save_file(data, str(self.tmp / name), metadata={"format": FORMAT, "kind": self.kind})
-        self.shards.append({"file": name, "count": len(self.pending)})
-        self.pending = []
+        part = self.tmp / f".{name}.part"
+        save_file(data, str(part), metadata={"format": FORMAT, "kind": self.kind})
+        os.replace(part, self.tmp / name)
+        shard = {"file": name, "count": len(self.pending)}
+        if any(r is not None for r in self.records):
+            shard["records"] = self.records
+        self.shards.append(shard)
+        self.pending, self.records = [], []
+        if self.append:
+            self._write_manifest()
 
-    def close(self) -> Path:
-        """Write the last shard and the manifest, then move the cache into place."""
-        self._flush()
+    def _write_manifest(self) -> None:
         manifest = {
             "format": FORMAT,
             "version": 1,
@@ -157,8 +185,16 @@ class ShardWriter:
             "shapes": {k: list(v) for k, v in self.shapes.items()},
             "meta": self.meta,
         }
-        (self.tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        swap_into_place(self.tmp, self.out)
+        part = self.tmp / ".manifest.json.part"
+        part.write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
+        os.replace(part, self.tmp / "manifest.json")
+
+    def close(self) -> Path:
+        """Write the last shard and the manifest, then move the cache into place."""
+        self._flush()
+        self._write_manifest()
+        if not self.append:
+            swap_into_place(self.tmp, self.out)
         return self.out
 
     def __enter__(self) -> "ShardWriter":
@@ -167,7 +203,7 @@ class ShardWriter:
     def __exit__(self, exc_type, *rest) -> None:
         if exc_type is None:
             self.close()
-        else:
+        elif not self.append:  # appending: the shards written so far stay (the manifest lists only those)
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
