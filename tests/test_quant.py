@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from wanlite.cli import main
-from wanlite.errors import FormatError, SpecError
+from wanlite.errors import DestinationExistsError, FormatError, SpecError
 from wanlite.evaluate.quantization import quantization_report
 from wanlite.formats import comfy, inspect_wan, load_wan, save_wan
 from wanlite.formats import keys as keymap
@@ -295,3 +295,16 @@ def test_few_step_student_gets_workflows_with_the_right_loader(tmp_path):
         (node,) = [n for n in api.values() if n["inputs"].get("unet_name") == export.path.name]
         assert node["class_type"] == loader
         assert inspect_wan(export.path).sampling == model.sampling  # the record travels in GGUF metadata too
+
+
+def test_overwrite_replaces_a_quantized_export_but_not_a_foreign_gguf(models, tmp_path):
+    model = models["t2v"][1]
+    first = save_wan(model, tmp_path, quant="Q8_0").path
+    again = save_wan(model, tmp_path / first.name, quant="Q8_0", overwrite=True).path  # a re-run of notebook 03
+    assert again == first and load_wan(again).sampling is None
+    foreign = tmp_path / "other" / first.name
+    foreign.parent.mkdir()
+    foreign.write_bytes(b"not a gguf file")
+    with pytest.raises(DestinationExistsError, match="did not write"):
+        save_wan(model, foreign, quant="Q8_0", overwrite=True)
+    assert foreign.read_bytes() == b"not a gguf file"

@@ -211,8 +211,8 @@ def open_files(entries) -> Iterator[dict[Path, object]]:
 
 # Files save_wan writes into a directory export; --overwrite replaces a directory holding only these.
 OWN_FILES = re.compile(
-    r"^(config\.json|README\.md|pruning\.json|diffusion_pytorch_model(-\d{5}-of-\d{5})?\.safetensors"
-    r"|diffusion_pytorch_model\.safetensors\.index\.json)$"
+    r"^(config\.json|README\.md|pruning\.json|diffusion_pytorch_model(\.\w+)?(-\d{5}-of-\d{5})?\.safetensors"
+    r"|diffusion_pytorch_model\.safetensors\.index(\.\w+)?\.json)$"  # (.fp16 ...: diffusers' weight variants)
 )
 _TEMP = re.compile(r"^\.(?P<name>.+)\.wanlite-(?P<kind>tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
 
@@ -252,11 +252,14 @@ def _foreign(folder: Path) -> list[str]:
 
 
 def _own_file(path: Path) -> bool:
-    """A single file wanlite may replace: a readable safetensors file, or a JSON workflow."""
+    """A single file wanlite may replace: a readable safetensors file, a GGUF file, or a JSON workflow."""
     try:
         if path.suffix == ".safetensors":
             read_header(path)
             return True
+        if path.suffix == ".gguf":
+            with open_regular(path) as fh:
+                return fh.read(4) == b"GGUF"
         if path.suffix == ".json":
             return isinstance(json.loads(path.read_text()), dict)
     except (FormatError, OSError, UnicodeDecodeError, json.JSONDecodeError):

@@ -207,6 +207,9 @@ class ShardWriter:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+SKIPPED = "skipped.jsonl"  # `wanlite encode`'s list of inputs it skipped, beside the shards
+
+
 def _is_cache(folder: Path) -> bool:
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -214,7 +217,7 @@ def _is_cache(folder: Path) -> bool:
         return False
     names = {p.name for p in folder.iterdir()}
     shards = {s.get("file") for s in manifest.get("shards", []) if isinstance(s, dict)}
-    return manifest.get("format") == FORMAT and names <= shards | {"manifest.json"}
+    return manifest.get("format") == FORMAT and names <= shards | {"manifest.json", SKIPPED}
 
 
 class CachedSource(torch.utils.data.Dataset):

@@ -27,7 +27,7 @@ import torch
 
 from ..errors import ConfigError, FormatError, WanliteError
 from . import video as videoio
-from .data import CachedSource, ShardWriter
+from .data import SKIPPED, CachedSource, ShardWriter
 
 # Wan's default negative prompt (the official repositories and diffusers' examples)
 WAN_NEGATIVE = (
@@ -36,7 +36,6 @@ WAN_NEGATIVE = (
     "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".pkl")
-SKIPPED = "skipped.jsonl"
 
 
 # ------------------------------------------------------------------ encoders
