@@ -267,6 +267,7 @@ class InitReport:
         styles = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-.")]  # recipes that agree still show apart
         for i, r in enumerate(self.rows):
             marker, line = styles[i % len(styles)]
+            twin = next((q.name for q in self.rows[:i] if q.rel_mse == r.rel_mse), None)
             ax.plot(
                 self.sigmas,
                 r.rel_mse,
@@ -274,7 +275,8 @@ class InitReport:
                 ls=line,
                 ms=7 - 1.5 * (i % len(styles)),
                 mfc="none" if i % 2 else None,
-                label=f"{r.name} ({r.pruning.student.num_params() / 1e6:.1f}M, mean {r.mean_rel_mse:.3g})",
+                label=f"{r.name} ({r.pruning.student.num_params() / 1e6:.1f}M, mean {r.mean_rel_mse:.3g})"
+                + (f": the same student as {twin}" if twin else ""),
             )
         ax.set(
             xlabel="sigma (noise level)",

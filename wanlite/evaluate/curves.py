@@ -128,8 +128,10 @@ def metrics_figure(rows: list[dict]):
         b.legend(fontsize=7)
     else:
         b.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=b.transAxes, color="0.4")
+    span = max([r["step"] for r in rows if "step" in r] + [1])
     for ax in (a, b):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(-0.03 * span, 1.03 * span)  # from step 0, also while only step 0 is in
         ax.grid(alpha=0.3)
     return fig
 
