@@ -208,7 +208,9 @@ def test_notebook_runs_in_jupyterlab(page, name):
     if name.startswith("02"):
         run = next(c for c in cells if "distill(" in c["source"])
         assert seen["progress"], f"02: no progress bar widget while training: {run['outputs']}"
-        assert seen["images"] and run["images"], "02: the live loss figure never drew"
+        assert seen["images"] and run["images"] == 1, f"02: the live figure did not redraw in place: {run}"
+        final = page.evaluate(f"() => document.querySelector('[data-ui-cell=\"{run['index']}\"] img').src")
+        assert final not in list(seen["frames"])[:1], "02: the live figure never redrew (same picture as at first)"
         assert any("distill: 100%" in o["text"] for o in run["outputs"]), f"02: no final progress line: {run}"
     if name.startswith("05"):
         explorer = next(c for c in cells if ".explore(" in c["source"])
