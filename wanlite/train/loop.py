@@ -47,7 +47,7 @@ class DistillResult:
     def what_happened(self) -> str:
         """'trained 20 steps', 'resumed at step 10 and trained 10 more' or 'nothing to do: ...'."""
         if self.started_at >= self.steps:
-            return f"nothing to do: the run had finished all {self.steps} steps (its history is in metrics.jsonl)"
+            return f"nothing to do: all {self.steps} steps were already done"
         if self.started_at:
             return f"resumed at step {self.started_at} and trained {self.steps - self.started_at} more"
         return f"trained {self.steps} steps"
@@ -112,7 +112,7 @@ def train(
         initial=start,
         total=cfg.steps,
         desc="distill",
-        disable=not (cfg.progress and acc.is_main_process),
+        disable=not (cfg.progress and acc.is_main_process) or start >= cfg.steps,  # a finished run: no empty bar
     )
     window, record = Window(), {}
     for step in bar:
