@@ -23,7 +23,11 @@ def _quiet_fd2():
     """Send file descriptor 2 to /dev/null: kineto prints `USDT ... profiler_start/stop` there from C++ at every
     profiler start and stop, whatever KINETO_LOG_LEVEL says once it is initialised, and a notebook shows it in red."""
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 at all: nothing to silence
+        yield
+        return
     try:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 2)
