@@ -199,3 +199,12 @@ def test_heatmap_numbers_fit_their_cells_or_are_left_out():
     sizes = {t.get_fontsize() for t in small.texts}
     assert len(small.texts) == 6 and min(sizes) >= 8  # big cells, readable numbers
     assert len(tall.texts) == 0
+
+
+def test_cpu_peak_memory_is_measured_without_profiler_chatter_on_stderr(capfd):
+    from wanlite.evaluate.cost import peak_memory
+
+    peak = peak_memory(lambda: torch.ones(256, 1024) * 2, torch.device("cpu"))  # two 1 MiB tensors alive
+    out = capfd.readouterr()
+    assert peak is None or peak >= 2 * 256 * 1024 * 4
+    assert "profiler_start" not in out.err and "USDT" not in out.err, out.err  # kineto prints these from C++
