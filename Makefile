@@ -9,7 +9,7 @@ PARAMS ?= params/toy.yaml
 # (on this project's machines its wheel lies on disk); a GPU machine gets PyPI's default CUDA build.
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || echo "torch==2.13.0")
 
-.PHONY: setup run test lint lab bench toy-teacher clean
+.PHONY: setup run test test-ui lint lab bench toy-teacher clean
 
 setup: $(VENV)/.installed
 
@@ -30,14 +30,29 @@ test: setup
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest tests
 	rm -rf runs/notebooks
-	WANLITE_HEADLESS=1 $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks/
+	WANLITE_HEADLESS=1 $(PY) -m wanlite.pipeline --run notebooks --params params/smoke.yaml
+	$(PY) -m pytest -p no:cacheprovider tests/executed_notebooks.py
 
 lint: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# JupyterLab on the notebooks, widget state saved with them (notebooks/.lab/overrides.json); --allow-root where
+# root runs it (Docker, cloud GPU boxes). LAB_ARGS="--ip=0.0.0.0 --port=8888" to reach it from another machine.
+LAB_ARGS ?=
+LAB_FLAGS = --LabApp.app_settings_dir=$(CURDIR)/notebooks/.lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	@echo "JupyterLab: open the http://...lab?token=... URL it prints below (Ctrl-C stops it)"
+	$(VENV)/bin/jupyter lab $(LAB_FLAGS) notebooks/
+
+# The notebooks in a real browser: JupyterLab on 127.0.0.1 + headless Chromium (Debian's chromium, driven by
+# playwright; both installed here on first use). Screenshots in runs/ui/. Not part of `make test`.
+test-ui: setup
+	@command -v chromium >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
+	@$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install -q "playwright>=1.40"  # the [ui] extra
+	$(PY) -m pytest -p no:cacheprovider tests/lab_ui.py
 
 bench: setup
 	@status=0; for b in bench/*.py; do echo "== $$b"; $(PY) $$b || status=1; done; exit $$status

@@ -187,3 +187,24 @@ def test_diffusers_wan_vae_adapter_decodes_to_unit_range_videos(tmp_path):
     assert torch.allclose(load_diffusers_vae(tmp_path / "pipe").decode(z), expected, atol=1e-6)
     with pytest.raises(WanliteError, match="AutoencoderKLWan"):
         load_diffusers_vae(tmp_path)
+
+
+def test_heatmap_numbers_fit_their_cells_or_are_left_out():
+    from wanlite.core.display import new_figure
+    from wanlite.evaluate.plots import _annotate
+
+    small, tall = new_figure(figsize=(5, 3.8)).subplots(), new_figure(figsize=(5, 3.8)).subplots()
+    _annotate(small, torch.rand(2, 3), "{:.3f}")
+    _annotate(tall, torch.rand(20, 7), "{:.3f}")  # 20 rows of ~10 pt: numbers would overlap
+    sizes = {t.get_fontsize() for t in small.texts}
+    assert len(small.texts) == 6 and min(sizes) >= 8  # big cells, readable numbers
+    assert len(tall.texts) == 0
+
+
+def test_cpu_peak_memory_is_measured_without_profiler_chatter_on_stderr(capfd):
+    from wanlite.evaluate.cost import peak_memory
+
+    peak = peak_memory(lambda: torch.ones(256, 1024) * 2, torch.device("cpu"))  # two 1 MiB tensors alive
+    out = capfd.readouterr()
+    assert peak is None or peak >= 2 * 256 * 1024 * 4
+    assert "profiler_start" not in out.err and "USDT" not in out.err, out.err  # kineto prints these from C++

@@ -289,7 +289,7 @@ def test_command_line_builds_the_student_from_a_recipe_and_resumes_with_one_flag
     assert "recipe" in card and "final_metrics" in card and (tmp_path / "run" / "pruning.json").is_file()
 
 
-def test_live_plot_redraws_in_place_and_stays_silent_headless(tmp_path, monkeypatch):
+def test_live_plot_redraws_in_place_and_stays_silent_headless(tmp_path, monkeypatch, capsys):
     from unittest import mock
 
     from wanlite.train import LivePlot
@@ -323,6 +323,14 @@ def test_live_plot_redraws_in_place_and_stays_silent_headless(tmp_path, monkeypa
         distill(cfg, teacher=teacher, student=student, block_map=[0], on_log=live)
     assert shown[0] == "display" and set(shown[1:]) == {"update"} and len(shown) >= 3
     assert [r["step"] for r in live.rows if "loss" in r] == [1, 2, 3, 4]
+    # run the notebook cell again on the finished run: it says so, draws the history and reports the losses
+    with mock.patch("IPython.display.display", display):
+        again = LivePlot(every=2)
+        before = len(shown)
+        result = distill(cfg, teacher=teacher, student=student, block_map=[0], on_log=again, resume=True)
+    assert "already at step 4 of 4: nothing to train" in capsys.readouterr().out
+    assert result.started_at == 4 and "nothing to do" in repr(result) and "loss" in result.losses
+    assert shown[before:] == ["display"] and [r["step"] for r in again.rows if "loss" in r] == [1, 2, 3, 4]
     monkeypatch.setenv("WANLITE_HEADLESS", "1")
     quiet = LivePlot()
     quiet({"step": 0, "val/rel_mse": 1.0})

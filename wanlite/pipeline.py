@@ -87,6 +87,9 @@ def run_pipeline(
                 progress_bar=False,
                 kernel_name="python3",
                 log_output=False,
+                # the kernel's own startup log (ipykernel warns that a local TCP kernel is unencrypted) is no
+                # news to someone running notebooks on their machine; errors still show
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
             )
         except pm.PapermillExecutionError as err:
             raise WanliteError(

@@ -151,6 +151,8 @@ class Calibration:
 
     def plot(self):
         """Block scores, head maps, sorted FFN and channel importance: a matplotlib Figure (no pyplot, headless)."""
+        from matplotlib.ticker import MaxNLocator
+
         fig = new_figure(figsize=(15, 7), layout="constrained")
         ax = fig.subplots(2, 3)
         n = self.spec.num_layers
@@ -158,12 +160,15 @@ class Calibration:
         if self.block_skip is not None:
             ax[0, 0].plot(range(n), self.block_skip.numpy(), "o-", color="C1", label="output change if skipped")
         ax[0, 0].set(title="block importance (high = keep)", xlabel="teacher block")
-        ax[0, 0].legend()
+        ax[0, 0].set_ylim(0, ax[0, 0].get_ylim()[1] * 1.3)  # headroom: the legend sits above the bars
+        ax[0, 0].legend(loc="upper center", ncol=2, fontsize=8)
         for a, key in ((ax[0, 1], "self_heads"), (ax[0, 2], "cross_heads")):
             t = self.scores[key]
             im = a.imshow((t / t.sum(1, keepdim=True)).numpy(), aspect="auto", cmap="viridis")
             a.set(title=f"{key.replace('_', ' ')} (share per block)", xlabel="head", ylabel="teacher block")
             fig.colorbar(im, ax=a)
+        for axis in (ax[0, 0].xaxis, ax[0, 1].xaxis, ax[0, 1].yaxis, ax[0, 2].xaxis, ax[0, 2].yaxis):
+            axis.set_major_locator(MaxNLocator(integer=True))  # blocks and heads are indices
         for a, key, title in (
             (ax[1, 0], "ffn", "FFN neurons, sorted, per block"),
             (ax[1, 1], "channel", "residual channels, sorted, per reading block"),

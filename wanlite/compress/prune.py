@@ -264,8 +264,20 @@ class InitReport:
         """Relative error per sigma, one line per recipe: a matplotlib Figure (headless-safe)."""
         fig = new_figure(figsize=(7, 4), layout="constrained")
         ax = fig.subplots()
-        for r in self.rows:
-            ax.plot(self.sigmas, r.rel_mse, "o-", label=f"{r.name} ({r.pruning.student.num_params() / 1e6:.1f}M)")
+        styles = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-.")]  # recipes that agree still show apart
+        for i, r in enumerate(self.rows):
+            marker, line = styles[i % len(styles)]
+            twin = next((q.name for q in self.rows[:i] if q.rel_mse == r.rel_mse), None)
+            ax.plot(
+                self.sigmas,
+                r.rel_mse,
+                marker=marker,
+                ls=line,
+                ms=7 - 1.5 * (i % len(styles)),
+                mfc="none" if i % 2 else None,
+                label=f"{r.name} ({r.pruning.student.num_params() / 1e6:.1f}M, mean {r.mean_rel_mse:.3g})"
+                + (f": the same student as {twin}" if twin else ""),
+            )
         ax.set(
             xlabel="sigma (noise level)",
             ylabel="||v_s - v_t||^2 / ||v_t||^2",

@@ -46,9 +46,43 @@ def new_figure(*args, **kwargs):
 
 
 def progress(iterable, **kwargs):
-    """A tqdm progress bar: a notebook widget when someone watches, plain text when headless."""
-    if headless():
-        from tqdm import tqdm
-    else:
-        from tqdm.auto import tqdm
-    return tqdm(iterable, **kwargs)
+    """A tqdm progress bar: a notebook widget while it runs when someone watches (that leaves its final line as
+    text, so a saved notebook shows it without the widget state), plain text when headless (on stdout in a
+    kernel, stderr in a terminal)."""
+    import sys
+
+    from tqdm import tqdm
+
+    if not in_kernel():
+        return tqdm(iterable, **kwargs)
+    if headless():  # an executed notebook: stdout, not a red stderr box
+        return tqdm(iterable, **({"file": sys.stdout} | kwargs))
+    try:
+        import ipywidgets  # noqa: F401  (tqdm.notebook needs it for the widget)
+        from tqdm.notebook import tqdm as notebook_tqdm
+    except ImportError:
+        return tqdm(iterable, **({"file": sys.stdout} | kwargs))
+    return _text_when_done(notebook_tqdm)(iterable, **kwargs)
+
+
+def _text_when_done(base):
+    class Bar(base):
+        """tqdm.notebook's bar, displayed under a display id and replaced by its final text line on close."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, display=False, **kwargs)
+            self.handle = None
+            if not self.disable:
+                from IPython.display import display
+
+                self.handle = display(self.container, display_id=True)
+                self.displayed = True
+
+        def close(self):
+            super().close()
+            if self.handle is not None:
+                handle, self.handle = self.handle, None
+                handle.update({"text/plain": str(self) if self.leave else ""}, raw=True)
+                self.container.close()
+
+    return Bar

@@ -6,6 +6,9 @@ processes on a shared machine hits both alike; speedups are ratios of those medi
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -15,12 +18,37 @@ import torch
 from ..core.flow import wan_forward
 
 
+@contextlib.contextmanager
+def _quiet_fd2():
+    """Send file descriptor 2 to /dev/null: kineto prints `USDT ... profiler_start/stop` there from C++ at every
+    profiler start and stop, whatever KINETO_LOG_LEVEL says once it is initialised, and a notebook shows it in red."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 at all: nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _cpu_tensor_peak(fn) -> int | None:
     """Peak bytes of tensors alive at once during `fn()` that `fn` allocated, from the profiler's memory events."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_fd2():  # only around start and stop: whatever `fn` itself writes to stderr still shows
+        prof.start()
+    try:
         fn()
+    finally:
+        with _quiet_fd2():
+            prof.stop()
     try:
         events = sorted(
             (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"

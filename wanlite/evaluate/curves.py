@@ -86,39 +86,77 @@ def plot_run(run_dir, ax=None):
 
 def metrics_figure(rows: list[dict]):
     """Loss terms and held-out velocity error (overall and per sigma bucket) of metrics.jsonl rows: a Figure
-    outside pyplot, so a notebook shows it once and no display is needed."""
-    fig = new_figure(figsize=(10, 3.5))
+    outside pyplot, so a notebook shows it once and no display is needed. Points carry markers, so the first
+    lines of a run (one point each) show; a panel with nothing yet says what it waits for."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig = new_figure(figsize=(10, 3.5), layout="constrained")
     a, b = fig.subplots(1, 2)
     for key in ("loss", "out", "feat", "task"):
         pts = [(r["step"], r[key]) for r in rows if key in r]
         if pts:
-            a.plot(*zip(*pts), label=key)
-    a.set(yscale="log", xlabel="step", title="training loss")
+            a.plot(*zip(*pts), marker="o", ms=3, lw=1.2 if key == "loss" else 0.9, label=key)
+    a.set(xlabel="step", title="training loss")
     if a.lines:
-        a.legend()
-    for key in [k for k in (rows[-1] if rows else {}) if k.startswith("val/rel_mse")] or ["val/rel_mse"]:
+        a.set_yscale("log")
+        a.legend(fontsize=8)
+    else:
+        a.text(
+            0.5,
+            0.5,
+            "no loss logged yet\n(one line every log_every steps)",
+            ha="center",
+            va="center",
+            transform=a.transAxes,
+            color="0.4",
+        )
+    keys = [k for k in (rows[-1] if rows else {}) if k.startswith("val/rel_mse")] or ["val/rel_mse"]
+    for key in sorted(keys, key=lambda k: (k != "val/rel_mse", k)):
         pts = [(r["step"], r[key]) for r in rows if key in r]
         if pts:
-            b.plot(*zip(*pts), label=key[4:])
-    b.set(xlabel="step", title="held-out relative velocity error")
+            overall = key == "val/rel_mse"
+            b.plot(
+                *zip(*pts),
+                marker="o",
+                ms=4 if overall else 2.5,
+                lw=1.6 if overall else 0.8,
+                color="k" if overall else None,
+                label="all sigmas" if overall else "sigma " + key[12:],
+            )
+    b.set(xlabel="step", ylabel="||v_s - v_t||² / ||v_t||²", title="held-out relative velocity error")
     if b.lines:
         b.legend(fontsize=7)
-    fig.tight_layout()
+    else:
+        b.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=b.transAxes, color="0.4")
+    span = max([r["step"] for r in rows if "step" in r] + [1])
+    for ax in (a, b):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(-0.03 * span, 1.03 * span)  # from step 0, also while only step 0 is in
+        ax.grid(alpha=0.3)
     return fig
 
 
 class LivePlot:
     """Pass as `distill(..., on_log=LivePlot())`: the loss and validation figure redraws in place in a notebook
-    while the run goes. Silent headless (papermill, nbval, CI), where `result.plot()` shows the same curves."""
+    while the run goes (one output, updated through its display id). Silent headless (papermill, nbval, CI),
+    where `result.plot()` shows the same curves. A resumed run hands it the history first (`history`)."""
 
     def __init__(self, every: int = 20):
         self.rows, self.every, self.handle = [], every, None
         self.live = not headless()
 
+    def history(self, records: list[dict]) -> None:
+        """The run so far (a resumed or finished run): drawn at once."""
+        self.rows = list(records)
+        if self.live and self.rows:
+            self._draw()
+
     def __call__(self, record: dict) -> None:
         self.rows.append(record)
-        if not self.live or ("val/rel_mse" not in record and record["step"] % self.every):
-            return
+        if self.live and ("val/rel_mse" in record or record["step"] % self.every == 0):
+            self._draw()
+
+    def _draw(self) -> None:
         from IPython.display import display
 
         figure = metrics_figure(self.rows)

@@ -100,16 +100,22 @@ def plot_drift(comp, ax=None):
     return fig if fig is not None else ax.figure
 
 
-def _annotate(ax, values: torch.Tensor, fmt: str, limit: int = 150):
-    """Write each cell's value on a small heatmap (colour scales near 1 hide the numbers that matter)."""
-    if values.numel() > limit:
+def _annotate(ax, values: torch.Tensor, fmt: str, min_points: float = 5.5):
+    """Write each cell's value on a heatmap (colour scales near 1 hide the numbers that matter), in a font that
+    fits the cell; none when the cells are too small to read."""
+    box = ax.get_position()  # the axes' share of the figure (before layout: close enough to size the text)
+    width, height = ax.figure.get_size_inches()
+    cell_w = box.width * width * 72 / values.shape[1]  # points
+    cell_h = box.height * height * 72 / values.shape[0]
+    size = min(9.0, cell_h * 0.45, cell_w / (len(fmt.format(0.5)) * 0.62))
+    if size < min_points:
         return
     lo, hi = float(values.min()), float(values.max())
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
             v = float(values[i, j])
             dark = hi > lo and (v - lo) / (hi - lo) < 0.5
-            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=6, color="w" if dark else "k")
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=size, color="w" if dark else "k")
 
 
 def plot_blocks(comp, axes=None):

@@ -43,6 +43,16 @@ class DistillResult:
     validation: list  # validation records over the run (step, rel_mse, cosine, per-bucket)
     student_path: Path | None
     student: Any = field(default=None, repr=False)
+    started_at: int = 0  # the step this call started from: > 0 when it resumed a run
+
+    @property
+    def what_happened(self) -> str:
+        """'trained 20 steps', 'resumed at step 10 and trained 10 more' or 'nothing to do: ...'."""
+        if self.started_at >= self.steps:
+            return f"nothing to do: all {self.steps} steps were already done"
+        if self.started_at:
+            return f"resumed at step {self.started_at} and trained {self.steps - self.started_at} more"
+        return f"trained {self.steps} steps"
 
     def __repr__(self) -> str:
         skip = ("step", "lr", "step_time", "samples", "grad_norm")
@@ -52,7 +62,10 @@ class DistillResult:
             first, last = self.validation[0], self.validation[-1]
             val = f"; val rel_mse {first['rel_mse']:.3f} -> {last['rel_mse']:.3f}"
             val += "".join(f", {k} {last[k]:.3f}" for k in ("cosine", "final_rel_mse") if k in last)
-        return f"DistillResult({self.steps} steps in {self.run_dir}: {parts}{val}; student at {self.student_path})"
+        return (
+            f"DistillResult({self.steps} steps in {self.run_dir} ({self.what_happened}): {parts}{val}; "
+            f"student at {self.student_path})"
+        )
 
     def metrics(self) -> list[dict]:
         """Every line of the run's metrics.jsonl."""
@@ -101,7 +114,7 @@ def train(
         initial=start,
         total=cfg.steps,
         desc="distill",
-        disable=not (cfg.progress and acc.is_main_process),
+        disable=not (cfg.progress and acc.is_main_process) or start >= cfg.steps,  # a finished run: no empty bar
     )
     window, record = Window(), {}
     for step in bar:
@@ -259,6 +272,11 @@ def _run(cfg, run: RunDir, teacher, student, data, block_map, kept_channels, on_
     objective.prepare_validation(val_idx)
     start = run.begin(acc, cfg, getattr(objective.raw_student, "pruning", None), ema, scheduler)
     log = run.logger(acc, on_log)
+    if start and acc.is_main_process:
+        what = "already at step {} of {}: nothing to train" if start >= cfg.steps else "resuming at step {} of {}"
+        print(f"{run.path}: {what.format(start, cfg.steps)}", flush=True)
+        if hasattr(on_log, "history"):  # a LivePlot draws the run so far at once
+            on_log.history(run.records())
     acc.init_trackers(
         "wanlite-distill", config={k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
     )
@@ -269,8 +287,10 @@ def _run(cfg, run: RunDir, teacher, student, data, block_map, kept_channels, on_
         final, path = finish(acc, cfg, run, student, ema, objective, last, data)
     finally:
         acc.end_training()  # closes trackers and, under a launcher, the process group: keep it last
+    records = run.records() if acc.is_main_process else []
+    last = last or next((r for r in reversed(records) if "loss" in r), {})  # a finished run: its last losses
     validation = run.validation() if acc.is_main_process else []
-    return DistillResult(run.path, cfg.steps, last, validation, path, final)
+    return DistillResult(run.path, cfg.steps, last, validation, path, final, started_at=start)
 
 
 def make_accelerator(cfg: DistillConfig, run: Path):
