@@ -30,6 +30,8 @@ test: setup
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest tests
 	rm -rf runs/notebooks
+	WANLITE_HEADLESS=1 $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks/
+	rm -rf runs/notebooks
 	WANLITE_HEADLESS=1 $(PY) -m wanlite.pipeline --run notebooks --params params/smoke.yaml
 	$(PY) -m pytest -p no:cacheprovider tests/executed_notebooks.py
 
