@@ -38,3 +38,19 @@ def models():
 def forward(model, inputs):
     with torch.no_grad():
         return wan_forward(model, **inputs)
+
+
+def sigkill_once(proc, ready, timeout: float = 180) -> None:
+    """SIGKILL `proc` as soon as `ready()` is true (e.g. a checkpoint exists): the crash the resume tests recover
+    from. Fails with the process's output if it ends first, or after `timeout` seconds."""
+    import os
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        assert time.time() < deadline, f"not ready after {timeout} s"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

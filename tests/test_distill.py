@@ -8,11 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import sigkill_once
 from safetensors.torch import load_file
 
 from wanlite.errors import ConfigError, DestinationExistsError, NonFiniteLossError
@@ -150,13 +150,7 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.time() + 120
-    while not (killed / "checkpoints" / "step-0000006").exists():
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-        assert time.time() < deadline
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    sigkill_once(proc, (killed / "checkpoints" / "step-0000006").exists, timeout=120)
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "student").exists() and latest_checkpoint(killed).name in ("step-0000006", "step-0000009")
     resumed = subprocess.run(

@@ -7,14 +7,13 @@ from __future__ import annotations
 import copy
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import sigkill_once
 
 from wanlite.core.flow import euler_step
 from wanlite.errors import ConfigError, SpecError
@@ -216,13 +215,7 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path, objective):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.time() + 180
-    while not (killed / "checkpoints" / "step-0000004").exists():
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-        assert time.time() < deadline
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    sigkill_once(proc, (killed / "checkpoints" / "step-0000004").exists)
     assert not (killed / "student").exists() and latest_checkpoint(killed) is not None
     resumed = subprocess.run(
         [sys.executable, str(script), str(killed), "1", "0", str(config)],
