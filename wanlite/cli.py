@@ -178,6 +178,7 @@ def _hub(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Long by nature: one argparse declaration per command and option, read straight down like --help.
     from .formats.quant import QUANTS
 
     parser = argparse.ArgumentParser(

@@ -124,6 +124,7 @@ def compare(
     `vae`: anything with `decode(latents) -> video [B, 3, F, H, W] in [0, 1]` (the toy VAE, or an adapter around
     diffusers' AutoencoderKLWan); without it frames are a latent-to-RGB preview. `kept_blocks` / `kept_channels`
     map student blocks and channels to the teacher's (default: the student's `pruning`, else identity)."""
+    # Long by nature: the comparison's phases in order (inputs, both samplings, probes, blocks, cost), each a call.
     ctxs = _contexts(contexts)
     prompts = list(prompts) if prompts is not None else [f"context {i}" for i in range(len(ctxs))]
     if len(prompts) != len(ctxs):

@@ -132,6 +132,43 @@ def _write_weights(folder: Path, state: dict, metadata: dict, max_shard_size, va
     return files
 
 
+def _check_layout(layout: str, quant: str | None, variant: str | None) -> str:
+    """The layout, if it can hold this export: a quantized file is one ComfyUI file, a variant names directory files."""
+    if layout not in LAYOUTS:
+        raise FormatError(f"unknown layout {layout!r}. Fix: use one of {list(LAYOUTS)}.")
+    if variant is not None and layout == "comfyui":
+        raise FormatError("variant= names the weights of a directory layout; a ComfyUI file is named by `out`.")
+    if quant and layout != "comfyui":
+        raise FormatError(
+            f"quant={quant!r} with layout {layout!r}: quantized exports are single ComfyUI files. "
+            + (
+                "A diffusers directory holds diffusers-named bf16/fp32 weights (from_pretrained would load fp8 "
+                "weights without their scales); diffusers reads the GGUF file itself with "
+                "WanTransformer3DModel.from_single_file(path, quantization_config=GGUFQuantizationConfig(...)). "
+                if layout == "diffusers"
+                else "The official Wan code loads bf16/fp32 only. "
+            )
+            + "Fix: use layout 'comfyui' (CLI: --layout comfyui, the default with --quant)."
+        )
+    return layout
+
+
+def _write_directory(tmp: Path, layout: str, spec: WanSpec, state, metadata, max_shard_size, variant) -> list[str]:
+    """config.json (WanModel's fields, or diffusers') and the weights of a directory export."""
+    if layout == "wan":
+        config = spec.to_official_config()
+    else:
+        import diffusers
+
+        config = {
+            "_class_name": "WanTransformer3DModel",
+            "_diffusers_version": diffusers.__version__,
+            **spec.to_diffusers_config(),
+        }
+    write_json(tmp / "config.json", config)
+    return ["config.json"] + _write_weights(tmp, state, metadata, max_shard_size, variant)
+
+
 def save_wan(
     model,
     out,
@@ -161,23 +198,7 @@ def save_wan(
     for ComfyUI-GGUF); `dtype` is then the dtype of the tensors kept unquantized (fp8: bf16 by default). Streams
     one tensor at a time. See `wanlite.formats.quant` for which tensors each format quantizes."""
     quant = quants.parse_quant(quant)
-    layout = layout or ("comfyui" if quant else "wan")
-    if layout not in LAYOUTS:
-        raise FormatError(f"unknown layout {layout!r}. Fix: use one of {list(LAYOUTS)}.")
-    if variant is not None and layout == "comfyui":
-        raise FormatError("variant= names the weights of a directory layout; a ComfyUI file is named by `out`.")
-    if quant and layout != "comfyui":
-        raise FormatError(
-            f"quant={quant!r} with layout {layout!r}: quantized exports are single ComfyUI files. "
-            + (
-                "A diffusers directory holds diffusers-named bf16/fp32 weights (from_pretrained would load fp8 "
-                "weights without their scales); diffusers reads the GGUF file itself with "
-                "WanTransformer3DModel.from_single_file(path, quantization_config=GGUFQuantizationConfig(...)). "
-                if layout == "diffusers"
-                else "The official Wan code loads bf16/fp32 only. "
-            )
-            + "Fix: use layout 'comfyui' (CLI: --layout comfyui, the default with --quant)."
-        )
+    layout = _check_layout(layout or ("comfyui" if quant else "wan"), quant, variant)
     spec = spec_of(model)
     torch_dtype = parse_dtype(dtype) or (torch.bfloat16 if layout == "comfyui" else _stored_dtype(model))
     if torch_dtype not in SHORT:
@@ -209,18 +230,7 @@ def save_wan(
             save_file(state, str(tmp), metadata=metadata)
             files = [out.name]
         else:
-            if layout == "wan":
-                config = spec.to_official_config()
-            else:
-                import diffusers
-
-                config = {
-                    "_class_name": "WanTransformer3DModel",
-                    "_diffusers_version": diffusers.__version__,
-                    **spec.to_diffusers_config(),
-                }
-            write_json(tmp / "config.json", config)
-            files = ["config.json"] + _write_weights(tmp, state, metadata, max_shard_size, variant)
+            files = _write_directory(tmp, layout, spec, state, metadata, max_shard_size, variant)
             if pruning is not None:
                 (tmp / PRUNING_FILE).write_text(pruning.to_json())
                 files.append(PRUNING_FILE)

@@ -296,6 +296,7 @@ class WanSpec:
     # ---- ComfyUI compatibility ----
     def comfyui_problems(self) -> list[Problem]:
         """Every reason ComfyUI's "Load Diffusion Model" would mis-load a file of this spec, with the fix."""
+        # Long by nature: one check per way ComfyUI mis-reads a Wan file, each with its own message.
         problems = []
         if self.dim < COMFY_HEAD_DIM:
             problems.append(

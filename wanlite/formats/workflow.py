@@ -51,6 +51,7 @@ def graph(
 ) -> list[Node]:
     """The workflow's nodes for a student sampled by `sampling` (t2v, 16- or 48-channel latents); `loader`
     "UnetLoaderGGUF" (ComfyUI-GGUF) for a .gguf file."""
+    # Long by nature: the ComfyUI graph node by node, in wiring order; split up, the graph could not be read.
     c = sampling.comfyui()
     load = {"unet_name": unet_name, "weight_dtype": "default"}
     if loader == "UnetLoaderGGUF":  # ComfyUI-GGUF's loader has no weight_dtype widget
