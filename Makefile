@@ -57,7 +57,7 @@ test-ui: setup
 	$(PY) -m pytest -p no:cacheprovider tests/lab_ui.py
 
 bench: setup
-	@status=0; for b in bench/*.py; do echo "== $$b"; $(PY) $$b || status=1; done; exit $$status
+	@status=0; for b in bench/[!_]*.py; do echo "== $$b"; $(PY) $$b || status=1; done; exit $$status
 
 toy-teacher: setup
 	$(PY) -m wanlite.toy train --out wanlite/assets/toy --overwrite

@@ -18,6 +18,7 @@ import argparse
 import sys
 import time
 
+import _shape  # bench/_shape.py: the options and context the 1.3B-shape benchmarks share
 import torch
 
 from wanlite.compress import Recipe, build_student
@@ -30,29 +31,19 @@ from wanlite.testing import random_wan
 
 def parse():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--blocks", type=int, default=2, help="teacher depth (1.3B has 30); the student keeps half")
-    ap.add_argument("--frames", type=int, default=1, help="latent frames (81 video frames = 21)")
-    ap.add_argument("--height", type=int, default=16, help="latent height (480p = 60)")
-    ap.add_argument("--width", type=int, default=32, help="latent width (832 = 104)")
-    ap.add_argument("--text-tokens", type=int, default=512, help="context length (Wan pads umT5 to 512)")
+    _shape.add_options(ap, blocks=2, frames=1, height=16, width=32)
     ap.add_argument("--teacher-steps", type=int, default=50, help="teacher UniPC steps (Wan's default 50)")
     ap.add_argument("--guidance", type=float, default=5.0, help="teacher CFG scale (Wan2.1 T2V: 5)")
     ap.add_argument("--student-steps", type=int, default=4, help="student Euler steps at cfg 1")
     ap.add_argument("--repeats", type=int, default=3, help="timed (teacher video, student videos) pairs (median)")
     ap.add_argument("--target", type=float, default=0.85, help="required wall ratio / (forwards x FLOPs) ratio")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda")
-    ap.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on the CPU, see speedup.py)")
     return ap.parse_args()
 
 
 def main() -> int:
     args = parse()
-    threads = args.threads or (1 if args.device == "cpu" else None)
-    if threads:
-        torch.set_num_threads(threads)
+    device, dtype = _shape.setup(args)
     t0 = time.perf_counter()
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     spec = WanSpec(dim=1536, num_heads=12, ffn_dim=8960, num_layers=args.blocks)
     teacher = random_wan(spec, seed=0)
     student = build_student(teacher, Recipe(num_blocks=args.blocks // 2))[0].eval()
@@ -67,8 +58,7 @@ def main() -> int:
         ),
     }  # fmt: skip
     g = torch.Generator().manual_seed(0)
-    context = torch.zeros(1, args.text_tokens, 4096)
-    context[:, : min(64, args.text_tokens)] = torch.randn(1, min(64, args.text_tokens), 4096, generator=g)
+    context = _shape.text_context(args.text_tokens, g)
     context, negative = context.to(device, dtype), torch.zeros_like(context).to(device, dtype)
     noise = torch.randn(1, 16, args.frames, args.height, args.width, generator=g).to(device, dtype)
     models = {"teacher": teacher, "student": student}
@@ -98,7 +88,7 @@ def main() -> int:
         "student": sorted(s for _, s in pairs)[len(pairs) // 2],
     }
     tokens = args.frames * (args.height // 2) * (args.width // 2)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    where = _shape.where(device)
     print(
         f"teacher: {spec} | {tokens} tokens, {args.text_tokens} text tokens | {where}, {args.dtype} "
         f"| median of {args.repeats} paired blocks (1 teacher video : {per_block} student videos)"

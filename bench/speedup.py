@@ -20,6 +20,7 @@ import argparse
 import sys
 import time
 
+import _shape  # bench/_shape.py: the options and context the 1.3B-shape benchmarks share
 import torch
 
 from wanlite.compress import Recipe, build_student
@@ -31,21 +32,9 @@ from wanlite.testing import random_wan
 
 def parse():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--blocks", type=int, default=4, help="teacher depth (1.3B has 30)")
-    ap.add_argument("--frames", type=int, default=2, help="latent frames")
-    ap.add_argument("--height", type=int, default=32, help="latent height (tokens = F * H/2 * W/2)")
-    ap.add_argument("--width", type=int, default=32, help="latent width")
-    ap.add_argument("--text-tokens", type=int, default=512, help="context length (Wan pads umT5 to 512)")
+    _shape.add_options(ap, blocks=4, frames=2, height=32, width=32)
     ap.add_argument("--repeats", type=int, default=5, help="timed forwards per model (median)")
     ap.add_argument("--target", type=float, default=0.85, help="required speedup / FLOP ratio")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda")
-    ap.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
-    ap.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch threads (default: 1 on the CPU, where contended threads distort ratios; torch's choice on GPU)",
-    )
     return ap.parse_args()
 
 
@@ -67,12 +56,9 @@ def op_profile(model, inputs, top: int = 8) -> dict[str, float]:
 
 def main() -> int:
     args = parse()
-    threads = args.threads or (1 if args.device == "cpu" else None)
-    if threads:
-        torch.set_num_threads(threads)
+    device, dtype = _shape.setup(args)
     t0 = time.perf_counter()
     spec = WanSpec(dim=1536, num_heads=12, ffn_dim=8960, num_layers=args.blocks)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     teacher = random_wan(spec, seed=0)
     recipes = {
         f"depth 75% ({round(args.blocks * 0.75)} blocks)": Recipe(num_blocks=round(args.blocks * 0.75)),
@@ -82,8 +68,7 @@ def main() -> int:
     students = {name: build_student(teacher, r)[0].eval().to(device, dtype) for name, r in recipes.items()}
     teacher = teacher.to(device, dtype)
     g = torch.Generator().manual_seed(0)
-    context = torch.zeros(1, args.text_tokens, 4096)
-    context[:, : min(64, args.text_tokens)] = torch.randn(1, min(64, args.text_tokens), 4096, generator=g)
+    context = _shape.text_context(args.text_tokens, g)
     inputs = dict(
         x=torch.randn(1, 16, args.frames, args.height, args.width, generator=g).to(device, dtype),
         sigma=0.5,
@@ -104,7 +89,7 @@ def main() -> int:
 
     secs = dict(zip(models, time_interleaved([forward(m) for m in models.values()], args.repeats, warmup=1)))
 
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    where = _shape.where(device)
     print(
         f"teacher: {spec} | input {tokens} tokens, {args.text_tokens} text tokens | {where}, {args.dtype} "
         f"| median of {args.repeats} interleaved repeats"
