@@ -57,12 +57,17 @@ class TensorEntry:
     end: int
 
 
-def refuse_pickle(path: Path) -> None:
+def refuse_pickle(path: Path, fix: str | None = None) -> None:
+    """A pickle is never loaded: unpickling runs arbitrary code. `fix`: where the safetensors form of this file is."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise FormatError(
             f"{path}: a PyTorch pickle ({path.suffix}) is never loaded by wanlite: unpickling runs arbitrary code. "
-            "Fix: convert it to .safetensors in a trusted environment "
-            "(safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')), then load that."
+            "Fix: "
+            + (
+                fix
+                or "convert it to .safetensors in a trusted environment "
+                "(safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')), then load that."
+            )
         )
 
 

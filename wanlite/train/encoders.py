@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import ConfigError, FormatError
+from ..formats.io import refuse_pickle
 
 # Wan's default negative prompt (the official repositories and diffusers' examples)
 WAN_NEGATIVE = (
@@ -19,7 +20,6 @@ WAN_NEGATIVE = (
     "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
     "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
-PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".pkl")
 
 
 # ------------------------------------------------------------------ encoders
@@ -72,14 +72,12 @@ def _clean(text: str) -> str:
     return re.sub(r"\s+", " ", html.unescape(html.unescape(text))).strip()
 
 
-def _refuse_pickle(path: Path) -> None:
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise FormatError(
-            f"{path}: a pickle checkpoint ({path.suffix}); wanlite never unpickles weights (it can run code). Fix: "
-            "use the safetensors release instead: the ComfyUI file wan_2.1_vae.safetensors / wan2.2_vae.safetensors "
-            "(Comfy-Org/Wan_2.1_ComfyUI_repackaged, Comfy-Org/Wan_2.2_ComfyUI_Repackaged) or the Diffusers "
-            "repository's vae/ folder (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)."
-        )
+PICKLE_FIX = (  # where the safetensors form of Wan's pickled VAE lives
+    "wanlite never unpickles weights; use the safetensors release instead: the ComfyUI file "
+    "wan_2.1_vae.safetensors / wan2.2_vae.safetensors (Comfy-Org/Wan_2.1_ComfyUI_repackaged, "
+    "Comfy-Org/Wan_2.2_ComfyUI_Repackaged) or the Diffusers repository's vae/ folder (e.g. "
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers)."
+)
 
 
 def load_encoders(
@@ -144,7 +142,7 @@ def load_encoders(
     if need_vae:
         from diffusers import AutoencoderKLWan
 
-        _refuse_pickle(vae_path)
+        refuse_pickle(vae_path, PICKLE_FIX)
         if vae_path.is_file():
             if vae_path.suffix != ".safetensors":
                 raise FormatError(f"{vae_path}: expected a .safetensors VAE file or a diffusers vae/ folder.")
@@ -160,7 +158,7 @@ def load_encoders(
         model = model.to(device).eval()
         wrapped, modules["vae"] = DiffusersWanVAE(model), model
         stride = int(model.config.get("scale_factor_spatial") or 8)
-    _refuse_pickle(te_path)
+    refuse_pickle(te_path, PICKLE_FIX)
     text_model = UMT5EncoderModel.from_pretrained(te_path, torch_dtype=dtype, use_safetensors=True).to(device).eval()
     modules["text"] = text_model
     text = UMT5Text(text_model, AutoTokenizer.from_pretrained(tok_path), length=text_length)
