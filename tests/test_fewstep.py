@@ -337,6 +337,30 @@ def test_compare_puts_each_model_at_its_own_settings_and_counts_per_video_cost()
     assert few.velocity == {} and any("learns 4 steps" in n for n in few.notes)
 
 
+def test_compare_samples_a_few_step_student_at_another_step_count_on_request(tmp_path, capsys):
+    from wanlite import cli
+    from wanlite.runs import compare_paths
+
+    teacher = _teacher()
+    student = copy.deepcopy(teacher)
+    student.sampling = Sampling(
+        steps=4, guidance=1.0, solver="euler", sigmas=shifted_schedule(4, 5.0), objective="guided", trained_guidance=4
+    )
+    save_wan(teacher, tmp_path / "teacher")
+    save_wan(student, tmp_path / "student")
+    config = CompareConfig(steps=6, guidance=4.0, frames=1, height=4, width=4, measure_cost=False)
+    comp = compare_paths(
+        tmp_path / "teacher", tmp_path / "student", out_dir=tmp_path / "r8", config=config, student_steps=8
+    )
+    assert comp.student_sampling.steps == 8 and comp.student_sampling.forwards == 8
+    assert comp.student_sampling.schedule() == shifted_schedule(8, 5.0) and comp.student_sampling.objective == "guided"
+    assert any("8 steps, not its recorded 4" in n for n in comp.notes)
+    assert json.loads((tmp_path / "r8" / "metrics.json").read_text())["sampling"]["student"]["steps"] == 8
+    code = cli.main(["compare", str(tmp_path / "teacher"), str(tmp_path / "student"), "--out", str(tmp_path / "r0"),
+                     "--student-steps", "0"])  # fmt: skip
+    assert code == 2 and "at least one step" in capsys.readouterr().err and not (tmp_path / "r0").exists()
+
+
 # ---------------------------------------------------------------- bad input: clear errors, nothing written
 def test_bad_few_step_configs_are_refused_clearly(tmp_path):
     teacher = _teacher()

@@ -107,6 +107,7 @@ def _compare(args) -> int:
         run_dir=args.run_dir,
         overrides=given,
         torch_dtype=parse_dtype(args.dtype),
+        student_steps=args.student_steps,
     )
     print(repr(comparison))
     return 0
@@ -269,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shift", type=float, help="flow shift of the teacher's schedule")
     p.add_argument("--scheduler", choices=["unipc", "euler", "lcm"], help="the teacher's solver")
     p.add_argument("--repeats", type=int, help="timed forwards per model")
+    p.add_argument(
+        "--student-steps",
+        type=int,
+        help="sample the student at K steps of its own sampler instead of its recorded count (a guided student: any K)",
+    )
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="both models run in this dtype")
     p.add_argument("--vae", help="a local diffusers AutoencoderKLWan directory (pixel PSNR/SSIM)")
     p.add_argument("--run-dir", help="a distillation run directory: its loss curves go in the report")

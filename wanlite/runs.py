@@ -218,6 +218,7 @@ def compare_paths(
     torch_dtype=torch.float32,
     write: bool = True,
     overrides: dict | None = None,
+    student_steps: int | None = None,
 ) -> Comparison:
     """Load teacher and student (any Wan layout), compare them (each at its own sampling settings) and write the
     report to `out_dir`.
@@ -226,7 +227,8 @@ def compare_paths(
     Contexts: `contexts` if given; else `prompts` encoded with `text_encoder` (default: the toy world's text
     encoder, for toy models); else two seeded random umT5-shaped contexts (functional fidelity only).
     A toy teacher bundle brings its VAE, its sampling settings and its clip size unless given, and both models'
-    prompt adherence over all 48 captions is scored."""
+    prompt adherence over all 48 captions is scored. `student_steps`: sample the student at k steps of its own
+    sampler instead of its recorded count (`Sampling.with_steps`), e.g. a 4-step `guided` student at 2 or 8."""
     from .evaluate.vae import load_diffusers_vae
     from .formats import load_wan
 
@@ -244,6 +246,9 @@ def compare_paths(
         vae = load_diffusers_vae(vae, device=device)
     teacher = load_wan(teacher_path, torch_dtype=torch_dtype, device=device)
     student = load_wan(student_path, torch_dtype=torch_dtype, device=device)  # carries .pruning and .sampling
+    if student_steps is not None:
+        own = config.student_sampling or getattr(student, "sampling", None) or config.teacher_sampling()
+        config = dataclasses.replace(config, student_sampling=own.with_steps(student_steps))
     labels = list(prompts) if prompts else None
     if contexts is None and prompts:
         contexts, neg = _encode(prompts, text_encoder)
@@ -263,6 +268,8 @@ def compare_paths(
     )
     if labels and labels[0].startswith("random context"):
         comp.notes.append("no prompts: seeded random contexts (functional fidelity, not caption following).")
+    if student_steps is not None and student_steps != own.steps:
+        comp.notes.append(f"the student sampled at {student_steps} steps, not its recorded {own.steps}.")
     if bundle is not None:
         toy.score(comp, teacher, student)
     comp.notes.append(f"teacher: {teacher_path}; student: {student_path}")

@@ -388,6 +388,16 @@ class Sampling:
             return self.sigmas
         return None if self.solver == "unipc" else shifted_schedule(self.steps, self.shift)
 
+    def with_steps(self, steps: int) -> "Sampling":
+        """The same sampler at another step count: an exact schedule becomes Wan's shifted one of `steps` steps
+        (a `guided` student trained over all sigmas samples at any k; a `trajectory` one only at its own)."""
+        if not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"student steps={steps!r}: a sampler needs at least one step (k >= 1).")
+        if steps == self.steps:
+            return self
+        sigmas = None if self.sigmas is None else shifted_schedule(steps, self.shift)
+        return dataclasses.replace(self, steps=steps, sigmas=sigmas)
+
     def comfyui(self) -> dict:
         """What ComfyUI needs to reproduce this sampling: sampler, scheduler (or exact sigmas), steps, cfg, shift."""
         exact = self.schedule()
