@@ -240,3 +240,27 @@ def test_progress_lines_name_the_notebook_step_total_and_eta(tmp_path):
     metrics.write_text(json.dumps({"step": 10}) + "\n" + json.dumps({"step": 30}) + "\n")
     line = watch.line()
     assert "step 30/100 (30%)" in line and "steps/s, ETA " in line, line
+
+
+def test_latest_full_checkpoint_plus_weights_only_snapshots(tmp_path):
+    from wanlite.compress import Recipe, WanLiteStudent
+    from wanlite.formats import load_wan
+    from wanlite.train import DistillConfig, distill
+
+    teacher = random_wan(tiny_spec(num_layers=2), seed=0)
+    student = WanLiteStudent.from_teacher(teacher, Recipe(num_blocks=1, width_selection="magnitude"))
+    cfg = DistillConfig(
+        run_dir=str(tmp_path / "run"), steps=3, batch_size=1, val_samples=1, val_every=0, checkpoint_every=1,
+        keep_checkpoints=1, snapshot_weights=True, progress=False, latent_shape=(16, 1, 4, 4), synthetic_samples=4,
+    )  # fmt: skip
+    result = distill(cfg, teacher=teacher, student=student)
+    run = tmp_path / "run"
+    assert [c.name for c in (run / "checkpoints").iterdir()] == ["step-0000003"]  # only the latest full one
+    snapshots = sorted(p.name for p in (run / "snapshots").glob("*.safetensors"))
+    assert snapshots == [f"step-000000{i}.safetensors" for i in (1, 2, 3)]
+    last = load_wan(run / "snapshots" / snapshots[-1])
+    for (name, a), b in zip(result.student.state_dict().items(), last.state_dict().values()):
+        torch.testing.assert_close(a.float(), b.float(), msg=name)  # the weights of that step, exactly
+    assert last.pruning == student.pruning
+    first = load_wan(run / "snapshots" / snapshots[0])
+    assert not torch.equal(first.proj_out.weight, last.proj_out.weight)  # a history, not one file three times
