@@ -164,6 +164,8 @@ def test_overwrite_replaces_the_old_recipes_artifacts(tmp_path):
     with pytest.raises(DestinationExistsError, match="num_blocks: 1 -> 2"):
         runs.claim_recipe(tmp_path, {"num_blocks": 2})
     assert (tmp_path / "distill" / "checkpoints").is_dir()
+    assert not runs.claim_recipe(tmp_path, {"num_blocks": 1}, overwrite=True)  # same recipe: overwrite wipes nothing
+    assert (tmp_path / "distill" / "checkpoints").is_dir()
     assert runs.claim_recipe(tmp_path, {"num_blocks": 2}, overwrite=True)
     assert not (tmp_path / "distill").exists() and not (tmp_path / "student_init").exists()
     assert json.loads((tmp_path / "recipe.json").read_text())["asked"] == {"num_blocks": 2}
@@ -264,3 +266,22 @@ def test_latest_full_checkpoint_plus_weights_only_snapshots(tmp_path):
     assert last.pruning == student.pruning
     first = load_wan(run / "snapshots" / snapshots[0])
     assert not torch.equal(first.proj_out.weight, last.proj_out.weight)  # a history, not one file three times
+
+
+def test_compare_cli_takes_a_prompts_cache_and_labels_random_contexts_as_such(real, tmp_path, capsys):
+    from wanlite.cli import main
+    from wanlite.compress import Recipe, WanLiteStudent
+
+    student = WanLiteStudent.from_teacher(real["teacher"], Recipe(num_blocks=1, width_selection="magnitude"))
+    student.save_pretrained(tmp_path / "student")
+    common = [str(real["teacher"]), str(tmp_path / "student"), "--steps", "2", "--repeats", "1"]
+    cache = ["--prompts-cache", str(real["root"] / "prompts"), "--vae", str(real["models"] / "vae")]
+    assert main(["compare", *common, *cache, "--out", str(tmp_path / "cached")]) == 0
+    metrics = json.loads((tmp_path / "cached" / "metrics.json").read_text())
+    assert metrics["prompts"] == PROMPTS and "pixel_psnr_db" in metrics["summary"]
+    assert main(["compare", *common, "--out", str(tmp_path / "random")]) == 0
+    assert "WARNING" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "random" / "metrics.json").read_text())
+    assert metrics["prompts"] == ["random context #0", "random context #1"]
+    assert any(n.startswith("WARNING: no prompt embeddings") for n in metrics["notes"])
+    assert "random context #0" in (tmp_path / "random" / "report.md").read_text()

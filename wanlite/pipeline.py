@@ -42,14 +42,16 @@ class Progress(threading.Thread):
     """Prints what the running notebook is doing every `every` seconds: its name and elapsed time, and the
     training step/total with an ETA once `metrics` (a run's metrics.jsonl) has lines."""
 
-    def __init__(self, name: str, metrics: Path, total: int | None, every: float):
+    def __init__(self, name: str, metrics: Path | None, total: int | None, every: float):
         super().__init__(daemon=True)
         self.name, self.metrics, self.total, self.every = name, metrics, total, every
         self.start_time, self.first = time.perf_counter(), None  # (time, step) of the first step seen
         self.done = threading.Event()
 
     def step(self) -> int | None:
-        """The newest step in metrics.jsonl (None before the first line)."""
+        """The newest step in metrics.jsonl (None before the first line, or for a notebook that does not train)."""
+        if self.metrics is None:
+            return None
         try:
             lines = self.metrics.read_text().splitlines()
         except OSError:
@@ -134,8 +136,10 @@ def run_pipeline(
         out = run_dir / book.name
         print(f"== {book.name} -> {out}", flush=True)
         start = time.perf_counter()
-        steps = given.get("steps") if isinstance(given.get("steps"), int) else None
-        watch = Progress(book.stem, run_dir / "distill" / "metrics.jsonl", steps, progress_every)
+        trains = "steps" in declared  # 02: its steps show up in the run's metrics.jsonl
+        steps = given.get("steps", declared.get("steps", {}).get("default")) if trains else None
+        metrics = run_dir / "distill" / "metrics.jsonl" if trains else None
+        watch = Progress(book.stem, metrics, int(steps) if str(steps).isdigit() else None, progress_every)
         watch.start()
         try:
             pm.execute_notebook(

@@ -119,17 +119,17 @@ DERIVED = (STUDENT_INIT, DISTILL, EXPORT, COMPARE, RECIPE, "init_report.json")  
 def claim_recipe(run_dir, asked: dict, overwrite: bool = False) -> bool:
     """01: tie the run directory to what its student is made of (`asked`: teacher, recipe and calibration
     settings) in run_dir/recipe.json. True: build student_init/ now; False: it already holds this recipe's student
-    (kept, never silently replaced). A different recipe under the same run is refused (its checkpoints would be
-    resumed into the new student); `overwrite` removes the old recipe's student, distillation, exports and
-    comparison first."""
+    (kept, never silently replaced, `overwrite` or not). A different recipe under the same run is refused (its
+    checkpoints would be resumed into the new student); with `overwrite` the old recipe's student, distillation,
+    exports and comparison are removed first (so a leftover `overwrite: true` never wipes a run of the same recipe)."""
     from .errors import DestinationExistsError
 
     run = Path(run_dir)
     record = run / RECIPE
     before = json.loads(record.read_text()).get("asked") if record.is_file() else None
     held = [name for name in (STUDENT_INIT, DISTILL) if (run / name).exists()]
-    if before == asked and (run / STUDENT_INIT / "config.json").is_file():
-        print(f"{run / STUDENT_INIT} already holds this recipe's student: kept (overwrite=True rebuilds it)")
+    if before == asked and (run / STUDENT_INIT / "config.json").is_file():  # even with overwrite: nothing changed
+        print(f"{run / STUDENT_INIT} already holds this recipe's student: kept")
         return False
     if held and before != asked and not overwrite:
         changed = sorted(k for k in set(asked) | set(before or {}) if (before or {}).get(k) != asked.get(k))
@@ -140,7 +140,7 @@ def claim_recipe(run_dir, asked: dict, overwrite: bool = False) -> bool:
             "a new run name (--run NAME, or run_dir), or overwrite=True to delete that run's student_init/, "
             "distill/, export/ and compare/ and start over."
         )
-    removed = [name for name in DERIVED if (run / name).exists()]
+    removed = [name for name in DERIVED if overwrite and before != asked and (run / name).exists()]
     for name in removed:
         shutil.rmtree(run / name) if (run / name).is_dir() else (run / name).unlink()
     if removed:
