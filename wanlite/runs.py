@@ -2,11 +2,14 @@
 
 runs/<run>/
   teacher.json          which teacher (01)           calibration/  calibration cache (01)
+  recipe.json           what the student is made of (01: a changed recipe is refused, never resumed into)
   student_init/         pruned, untrained (01)        distill/      config, checkpoints, metrics.jsonl (02)
   data/                 latents cache (00 or 02)      distill/student/  distilled student (02)
-  export/               wan/, comfyui/, diffusers/ (03)
+  distill/origin.json   the student 02 started from  export/       wan/, comfyui/, diffusers/ (03)
   compare/              figures, metrics.json, report (05)
 Every notebook reads from here and writes here, so they chain under papermill and each also runs alone.
+Also what the notebooks feed the models: the device (`auto_device`), the text conditioning (`conditioning`: a
+prompts cache, umT5 run now, or seeded random contexts that say so) and calibration batches (`prompt_batch`).
 """
 
 from __future__ import annotations
