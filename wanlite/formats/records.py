@@ -2,9 +2,9 @@
 done (every kept teacher index), and how they travel in safetensors metadata.
 
 Records are small: kept indices are stored as bitmasks over their channel space (a width-pruned 14B student's
-record is about 100 KB, not MB). Metadata holds a summary, the record's hash and, when it fits in `INLINE_LIMIT`
-bytes, the record itself, else a pointer: directory exports carry the full record as `pruning.json`, a single
-ComfyUI file too big to carry it as `NAME.pruning.json` beside it.
+record is about 100 KB, not the 0.9 MB of plain JSON). Metadata holds a summary, the record's hash and, when it
+fits in `INLINE_LIMIT` bytes, the record itself, else a pointer: directory exports carry the full record as
+`pruning.json`, a single ComfyUI file too big to carry it as `NAME.pruning.json` beside it.
 """
 
 from __future__ import annotations
