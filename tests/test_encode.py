@@ -13,51 +13,17 @@ from PIL import Image
 
 from wanlite.cli import main
 from wanlite.errors import ConfigError, FormatError
+from wanlite.testing import tiny_wan_encoders
 from wanlite.train import video as videoio
 from wanlite.train.data import CachedSource
 from wanlite.train.encode import WAN_NEGATIVE, conform, encode, gather, load_encoders
 
-WORDS = "a red blue cat dog walking running on grass sand at night the city street rain".split()
 SIZE, FRAMES, FPS = (32, 32), 5, 8.0
-
-
-def _vae(channels: int):
-    from diffusers import AutoencoderKLWan
-
-    torch.manual_seed(channels)
-    common = dict(base_dim=8, num_res_blocks=1, dim_mult=[1, 1, 1, 1], temperal_downsample=[False, True, True])
-    stats = dict(latents_mean=torch.randn(channels).tolist(), latents_std=(1 + torch.rand(channels)).tolist())
-    if channels == 48:  # Wan2.2's VAE: 2x2 pixel patches in, 16 px per latent
-        common.update(is_residual=True, patch_size=2, in_channels=12, out_channels=12, scale_factor_spatial=16)
-    return AutoencoderKLWan(z_dim=channels, **common, **stats).eval()
-
-
-def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-
-
-def _models(folder: Path, channels: int = 16) -> Path:
-    """A Diffusers-format Wan folder with just vae/, text_encoder/ and tokenizer/ (random, tiny; umT5 width 4096)."""
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    _vae(channels).save_pretrained(folder / "vae")
-    torch.manual_seed(0)
-    config = UMT5Config(vocab_size=32, d_model=4096, d_kv=8, d_ff=16, num_layers=1, num_heads=2)
-    UMT5EncoderModel(config).eval().save_pretrained(folder / "text_encoder")
-    _tokenizer().save_pretrained(folder / "tokenizer")
-    return folder
 
 
 @pytest.fixture(scope="module")
 def wan16(tmp_path_factory):
-    return _models(tmp_path_factory.mktemp("wan16"))
+    return tiny_wan_encoders(tmp_path_factory.mktemp("wan16"))
 
 
 def _frames(n: int, height: int, width: int, seed: int) -> torch.Tensor:
@@ -123,7 +89,7 @@ def test_latents_and_contexts_equal_a_direct_encode_of_the_same_frames(tmp_path,
     from diffusers import AutoencoderKLWan
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    models = wan16 if channels == 16 else _models(tmp_path / "wan48", channels=48)
+    models = wan16 if channels == 16 else tiny_wan_encoders(tmp_path / "wan48", channels=48)
     clip = _clip(tmp_path / "clips", "one.mp4", "a red cat on sand", n=9, size=(40, 64))
     encoders = load_encoders(models, device="cpu", text_length=16)
     assert encoders.stride == (8 if channels == 16 else 16)

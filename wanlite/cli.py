@@ -104,6 +104,8 @@ def _compare(args) -> int:
         prompts=args.prompts,
         out_dir=args.out,
         vae=args.vae,
+        prompts_cache=args.prompts_cache,
+        text_encoder=args.text_encoder,
         run_dir=args.run_dir,
         overrides=given,
         torch_dtype=parse_dtype(args.dtype),
@@ -259,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="compare a student with its teacher; write figures, metrics and a report")
     p.add_argument("teacher")
     p.add_argument("student")
-    p.add_argument("--prompts", nargs="*", help="captions (toy world) to sample")
+    p.add_argument("--prompts", nargs="*", help="captions to sample (toy world; or to pick from --prompts-cache)")
+    p.add_argument("--prompts-cache", help="prompt embeddings written by `wanlite encode --prompts` (real teachers)")
+    p.add_argument("--text-encoder", help="umT5 to encode --prompts with: a Diffusers Wan directory or Hub id")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument(
         "--steps",

@@ -2,13 +2,17 @@
 [--set KEY=VALUE ...]` (a `--set` wins over the file).
 
 Each notebook gets the parameters its `parameters` cell declares (from the YAML file, plus `run_dir`), writes its
-executed copy to runs/<run>/, and the run stops at the first failing notebook, showing the failing cell.
+executed copy to runs/<run>/, and the run stops at the first failing notebook, showing the failing cell. While a
+notebook runs, the console shows a line every `--progress-every` seconds: the notebook, its time so far and, while
+02 trains, step/total read from the run's distill/metrics.jsonl with an ETA.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +38,59 @@ class PipelineResult:
         return f"pipeline run in {self.run_dir}:\n{rows}"
 
 
+class Progress(threading.Thread):
+    """Prints what the running notebook is doing every `every` seconds: its name and elapsed time, and the
+    training step/total with an ETA once `metrics` (a run's metrics.jsonl) has lines."""
+
+    def __init__(self, name: str, metrics: Path | None, total: int | None, every: float):
+        super().__init__(daemon=True)
+        self.name, self.metrics, self.total, self.every = name, metrics, total, every
+        self.start_time, self.first = time.perf_counter(), None  # (time, step) of the first step seen
+        self.done = threading.Event()
+
+    def step(self) -> int | None:
+        """The newest step in metrics.jsonl (None before the first line, or for a notebook that does not train)."""
+        if self.metrics is None:
+            return None
+        try:
+            lines = self.metrics.read_text().splitlines()
+        except OSError:
+            return None
+        for line in reversed(lines):
+            try:
+                return int(json.loads(line)["step"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        return None
+
+    def line(self) -> str:
+        now = time.perf_counter()
+        text = f"   {self.name}: {_clock(now - self.start_time)}"
+        step = self.step()
+        if step is None:
+            return text + " running"
+        if self.first is None or step < self.first[1]:
+            self.first = (now, step)
+        text += f", step {step}/{self.total or '?'}"
+        if self.total and step > self.first[1]:
+            rate = (step - self.first[1]) / (now - self.first[0])
+            text += f" ({100 * step / self.total:.0f}%), {rate:.2f} steps/s, ETA {_clock((self.total - step) / rate)}"
+        return text
+
+    def run(self) -> None:
+        while not self.done.wait(self.every):
+            print(self.line(), flush=True)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
 def load_params(path) -> dict:
     """Parameters from a YAML file (a flat mapping: name -> value)."""
     path = Path(path)
@@ -54,6 +111,7 @@ def run_pipeline(
     notebooks=NOTEBOOKS,
     runs_dir="runs",
     only: list[str] | None = None,
+    progress_every: float = 60.0,
 ) -> PipelineResult:
     """Execute notebooks/0*_*.ipynb in order into runs/<run>/; raise at the first failure with its cell."""
     import os
@@ -68,16 +126,21 @@ def run_pipeline(
     values["run_dir"] = str(run_dir.resolve())
     result = PipelineResult(run_dir)
     books = sorted(Path(notebooks).glob("0*_*.ipynb"))
+    declares = {b: pm.inspect_notebook(str(b)) for b in books}
+    known = set().union(*declares.values())  # over every notebook: --only does not make the others' unknown
     if only:
         books = [b for b in books if any(b.name.startswith(o) for o in only)]
-    known = set()
     for book in books:
-        declared = pm.inspect_notebook(str(book))
-        known |= set(declared)
+        declared = declares[book]
         given = {k: v for k, v in values.items() if k in declared}
         out = run_dir / book.name
         print(f"== {book.name} -> {out}", flush=True)
         start = time.perf_counter()
+        trains = "steps" in declared  # 02: its steps show up in the run's metrics.jsonl
+        steps = given.get("steps", declared.get("steps", {}).get("default")) if trains else None
+        metrics = run_dir / "distill" / "metrics.jsonl" if trains else None
+        watch = Progress(book.stem, metrics, int(steps) if str(steps).isdigit() else None, progress_every)
+        watch.start()
         try:
             pm.execute_notebook(
                 str(book),
@@ -96,6 +159,8 @@ def run_pipeline(
                 f"{book.name} failed at cell {err.exec_count} ({err.ename}: {err.evalue}). "
                 f"The executed notebook with the error is {out}."
             ) from None
+        finally:
+            watch.stop()
         result.executed.append(out)
         result.seconds[book.name] = time.perf_counter() - start
     unused = set(values) - known - {"run_dir"}
@@ -110,6 +175,9 @@ def main(argv=None) -> int:
     parser.add_argument("--params", default=None, help="YAML parameters (e.g. params/toy.yaml)")
     parser.add_argument("--only", nargs="*", help="notebook prefixes to run, e.g. 01 02")
     parser.add_argument(
+        "--progress-every", type=float, default=60.0, help="seconds between console progress lines (default 60)"
+    )
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a parameter (a YAML value)"
     )
     args = parser.parse_args(argv)
@@ -119,7 +187,7 @@ def main(argv=None) -> int:
         print(f"pipeline: {err}", file=sys.stderr)
         return 2
     try:
-        print(repr(run_pipeline(args.run, values, only=args.only)))
+        print(repr(run_pipeline(args.run, values, only=args.only, progress_every=args.progress_every)))
     except WanliteError as err:
         print(f"pipeline stopped: {err}", file=sys.stderr)
         return 1

@@ -2,17 +2,21 @@
 
 runs/<run>/
   teacher.json          which teacher (01)           calibration/  calibration cache (01)
+  recipe.json           what the student is made of (01: a changed recipe is refused, never resumed into)
   student_init/         pruned, untrained (01)        distill/      config, checkpoints, metrics.jsonl (02)
   data/                 latents cache (00 or 02)      distill/student/  distilled student (02)
-  export/               wan/, comfyui/, diffusers/ (03)
+  distill/origin.json   the student 02 started from  export/       wan/, comfyui/, diffusers/ (03)
   compare/              figures, metrics.json, report (05)
 Every notebook reads from here and writes here, so they chain under papermill and each also runs alone.
+Also what the notebooks feed the models: the device (`auto_device`), the text conditioning (`conditioning`: a
+prompts cache, umT5 run now, or seeded random contexts that say so) and calibration batches (`prompt_batch`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -30,8 +34,7 @@ def load_teacher(teacher_path: str = "", run_dir=None, device: str = "cpu", torc
     from . import toy
     from .formats import load_wan
 
-    if run_dir is not None and not teacher_path and (Path(run_dir) / "teacher.json").exists():
-        teacher_path = json.loads((Path(run_dir) / "teacher.json").read_text())["teacher_path"]
+    teacher_path = teacher_of(run_dir, teacher_path)
     if not is_toy(teacher_path):
         model = load_wan(teacher_path, torch_dtype=torch_dtype, device=device, expert=expert)
     else:
@@ -42,14 +45,33 @@ def load_teacher(teacher_path: str = "", run_dir=None, device: str = "cpu", torc
     return model
 
 
+def teacher_of(run_dir, teacher_path: str = "") -> str:
+    """`teacher_path`, or when empty the teacher the run directory's teacher.json remembers ("toy" by default)."""
+    if run_dir is not None and not teacher_path and (Path(run_dir) / "teacher.json").exists():
+        return json.loads((Path(run_dir) / "teacher.json").read_text())["teacher_path"]
+    return teacher_path or "toy"
+
+
+def teacher_spec(teacher_path: str = "", run_dir=None):
+    """The teacher's `WanSpec` without loading its weights (the toy teacher's from the shipped files)."""
+    from . import toy
+    from .formats import inspect_wan, spec_of
+
+    teacher_path = teacher_of(run_dir, teacher_path)
+    return spec_of(toy.teacher()) if is_toy(teacher_path) else inspect_wan(teacher_path).spec
+
+
 def is_toy(teacher_path: str) -> bool:
     return teacher_path in ("", "toy")
 
 
-def prompt_batch(teacher, teacher_path: str, prompts: int, seed: int = 0, frames: int = 1, size: int = 32) -> dict:
+def prompt_batch(
+    teacher, teacher_path: str, prompts: int, seed: int = 0, frames: int = 1, size: int = 32, data="", conditioning=None
+) -> dict:
     """Clean latents + text embeddings for calibration or held-out checks: toy-world clips and captions for the
-    toy teacher; Gaussian latents with zero-padded random text for a real teacher (bring real latents for better
-    scores: see the distillation data caches)."""
+    toy teacher; else samples of the latents cache `data` (its latents and their captions' embeddings: samples
+    seed*prompts onwards, so seed and seed+1 give disjoint batches); else Gaussian latents with the contexts of
+    `conditioning` (a `Conditioning`: a prompts cache, umT5, or seeded random ones, which it announces)."""
     from . import toy
     from .compress import noise_batch
     from .formats import spec_of
@@ -61,14 +83,22 @@ def prompt_batch(teacher, teacher_path: str, prompts: int, seed: int = 0, frames
             "latents": toy.load_vae().encode(toy.batch(chosen, [seed + i for i in range(prompts)])),
             "context": toy.encode_text(chosen),
         }
+    if data:
+        cache = _cache(data, ("latents",), "data")
+        picked = [cache[(seed * prompts + i) % len(cache)] for i in range(min(prompts, len(cache)))]
+        return {
+            "latents": torch.stack([s["latents"].float() for s in picked]),
+            "context": torch.stack([s["context"].float() for s in picked]),
+        }
     spec = spec_of(teacher)
-    g = torch.Generator().manual_seed(seed)
-    context = torch.zeros(prompts, spec.text_len, spec.text_dim)
-    context[:, :16] = torch.randn(prompts, 16, spec.text_dim, generator=g)
+    if conditioning is None:
+        conditioning = random_conditioning(spec, prompts, seed)
+        conditioning.announce()
+    context = conditioning.contexts[[i % len(conditioning.contexts) for i in range(prompts)]]  # cycled if fewer
     return noise_batch(spec, context, frames=frames, height=size, width=size, seed=seed)
 
 
-def load_student(run_dir, teacher_path: str = "", device: str = "cpu", initial: bool = False):
+def load_student(run_dir, teacher_path: str = "", device="cpu", initial: bool = False, torch_dtype=None):
     """The newest student of a run: distilled (02), else pruned (01), else a default half-depth student built
     from the teacher now (so a later notebook runs alone). `initial` skips the distilled one."""
     from .compress import Recipe, WanLiteStudent
@@ -77,12 +107,75 @@ def load_student(run_dir, teacher_path: str = "", device: str = "cpu", initial: 
     run_dir = Path(run_dir)
     for name in (STUDENT_INIT,) if initial else (STUDENT, STUDENT_INIT):
         if (run_dir / name / "config.json").exists():
-            return WanLiteStudent.from_pretrained(run_dir / name, device=device)
-    teacher = load_teacher(teacher_path, run_dir)
+            return WanLiteStudent.from_pretrained(run_dir / name, device=device, torch_dtype=torch_dtype)
+    teacher = load_teacher(teacher_path, run_dir, torch_dtype=torch_dtype)
     recipe = Recipe(num_blocks=max(1, spec_of(teacher).num_layers // 2), width_selection="magnitude")
     student = WanLiteStudent.from_teacher(teacher, recipe)
     print(f"no student in {run_dir}: built a default one ({recipe}) from the teacher")
     return student.to(device)
+
+
+RECIPE, ORIGIN = "recipe.json", "origin.json"  # run_dir/recipe.json (01), run_dir/distill/origin.json (02)
+DERIVED = (STUDENT_INIT, DISTILL, EXPORT, COMPARE, RECIPE, "init_report.json")  # what a recipe's student made
+
+
+def claim_recipe(run_dir, asked: dict, overwrite: bool = False) -> bool:
+    """01: tie the run directory to what its student is made of (`asked`: teacher, recipe and calibration
+    settings) in run_dir/recipe.json. True: build student_init/ now; False: it already holds this recipe's student
+    (kept, never silently replaced, `overwrite` or not). A different recipe under the same run is refused (its
+    checkpoints would be resumed into the new student); with `overwrite` the old recipe's student, distillation,
+    exports and comparison are removed first (so a leftover `overwrite: true` never wipes a run of the same recipe)."""
+    from .errors import DestinationExistsError
+
+    run = Path(run_dir)
+    record = run / RECIPE
+    before = json.loads(record.read_text()).get("asked") if record.is_file() else None
+    held = [name for name in (STUDENT_INIT, DISTILL) if (run / name).exists()]
+    if before == asked and (run / STUDENT_INIT / "config.json").is_file():  # even with overwrite: nothing changed
+        print(f"{run / STUDENT_INIT} already holds this recipe's student: kept")
+        return False
+    if held and before != asked and not overwrite:
+        changed = sorted(k for k in set(asked) | set(before or {}) if (before or {}).get(k) != asked.get(k))
+        diffs = ", ".join(f"{k}: {(before or {}).get(k)!r} -> {asked.get(k)!r}" for k in changed)
+        raise DestinationExistsError(
+            f"{run}: this run was made with another recipe ({diffs or 'no recipe.json recorded'}); it holds "
+            f"{', '.join(held)} of that recipe, which a later notebook would resume into the new student. Fix: "
+            "a new run name (--run NAME, or run_dir), or overwrite=True to delete that run's student_init/, "
+            "distill/, export/ and compare/ and start over."
+        )
+    removed = [name for name in DERIVED if overwrite and before != asked and (run / name).exists()]
+    for name in removed:
+        shutil.rmtree(run / name) if (run / name).is_dir() else (run / name).unlink()
+    if removed:
+        print(f"overwrite: removed {', '.join(removed)} of {run}")
+    run.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"asked": asked}, indent=1) + "\n")
+    return True
+
+
+def record_student(run_dir, recipe) -> None:
+    """01: the recipe the init report chose, beside what was asked (run_dir/recipe.json)."""
+    record = Path(run_dir) / RECIPE
+    record.write_text(json.dumps({**json.loads(record.read_text()), "chosen": recipe.to_dict()}, indent=1) + "\n")
+
+
+def claim_distill(run_dir, student) -> None:
+    """02: a distillation belongs to the student it started from (its pruning record's hash, in
+    distill/origin.json); a run whose student has changed since is refused, never resumed into."""
+    from .errors import DestinationExistsError
+
+    folder = Path(run_dir) / DISTILL
+    pruning = getattr(student, "pruning", None)
+    origin = {"student": pruning.sha256() if pruning is not None else None, "spec": str(student.spec)}
+    saved = folder / ORIGIN
+    if saved.is_file() and json.loads(saved.read_text()) != origin:
+        raise DestinationExistsError(
+            f"{folder}: this distillation started from another student ({json.loads(saved.read_text())['spec']}; "
+            f"now {origin['spec']}); resuming would load its checkpoints into a different network. Fix: a new run "
+            "name (--run NAME, or run_dir), or rebuild with 01's overwrite=True (it removes distill/)."
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(origin) + "\n")
 
 
 def toy_data(run_dir, samples: int, seed: int = 0) -> Path:
@@ -145,19 +238,177 @@ def encode_toy(out, samples: int = 32, seed: int = 0, **options):
     return encode(out, toy_encoders(), clips=toy_clips(samples, seed), meta={"seed": seed}, **toy_settings(), **options)
 
 
-def prompt_contexts(teacher, teacher_path: str, prompts: list[str], seed: int = 0):
-    """(contexts [P, L, D], the negative context [1, L, D]) for prompts: the toy text encoder for the toy teacher;
-    seeded random umT5-shaped embeddings otherwise (bring real umT5 embeddings for a real teacher)."""
+@dataclasses.dataclass
+class Conditioning:
+    """The text conditioning a notebook samples or calibrates with, and where it came from: the toy text encoder,
+    a prompts (or latents) cache written by `wanlite encode`, umT5 run now, or seeded random contexts (then every
+    label says "random context #i" and `random` is true: nothing here follows a caption)."""
+
+    contexts: torch.Tensor  # [P, L, text_dim]
+    negative: torch.Tensor  # [1, L, text_dim]
+    labels: list[str]
+    source: str
+
+    @property
+    def random(self) -> bool:
+        return self.source.startswith("random")
+
+    def announce(self) -> None:
+        """Print where the contexts come from; random ones get a banner no one can miss."""
+        if self.random:
+            loud(f"{self.source}. These are NOT prompt embeddings: what is measured with them is functional fidelity")
+        else:
+            print(f"conditioning: {len(self.labels)} prompts from {self.source}")
+
+    def __repr__(self) -> str:
+        shown = ", ".join(repr(label) for label in self.labels[:4]) + (", ..." if len(self.labels) > 4 else "")
+        return f"Conditioning({len(self.labels)} prompts from {self.source}: {shown})"
+
+
+RANDOM_NOTE = (
+    "WARNING: no prompt embeddings were given: seeded RANDOM contexts (rows 'random context #i'); these numbers "
+    "measure functional fidelity, not caption following. Give a prompts cache or a text encoder."
+)
+
+
+def loud(what: str) -> None:
+    """A warning banner in the output (stdout: an executed notebook keeps it in the cell, not a red stderr box)."""
+    bar = "!" * 100
+    print(
+        f"{bar}\nWARNING: {what}, not caption following. Fix: set prompts_cache (written by `wanlite encode "
+        "--prompts FILE --models Wan-AI/Wan2.1-T2V-1.3B-Diffusers --out DIR`), text_encoder (a Diffusers Wan "
+        f"directory or Hub id with text_encoder/ and tokenizer/) or data (a latents cache).\n{bar}"
+    )
+
+
+def random_conditioning(spec, count: int, seed: int = 0) -> Conditioning:
+    """`count` seeded random umT5-shaped contexts (16 tokens of noise, zero padding) and a zero negative."""
+    g = torch.Generator().manual_seed(seed)
+    context = torch.zeros(count, spec.text_len, spec.text_dim)
+    context[:, :16] = torch.randn(count, 16, spec.text_dim, generator=g)
+    labels = [f"random context #{i}" for i in range(count)]
+    return Conditioning(context, torch.zeros_like(context[:1]), labels, f"random contexts (seed {seed})")
+
+
+def _cache(path, kinds: tuple[str, ...], field: str):
+    """A `CachedSource` of one of `kinds`, or a ConfigError naming the parameter and the fix."""
+    from .errors import ConfigError
+    from .train.data import CachedSource
+
+    cache = CachedSource(path)
+    if cache.kind not in kinds or not len(cache):
+        raise ConfigError(
+            f"{field}={path}: a {cache.kind!r} cache with {len(cache)} samples; expected a non-empty "
+            f"{' or '.join(kinds)} cache. Fix: write one with `wanlite encode` "
+            + ("--prompts FILE" if "prompts" in kinds else "--videos DIR")
+            + " (or notebook 00)."
+        )
+    return cache
+
+
+def cache_captions(cache) -> list[str]:
+    """The caption of each sample of a cache `wanlite encode` wrote, in order."""
+    return [r.get("caption", "") for shard in cache.manifest["shards"] for r in shard.get("records") or []]
+
+
+def conditioning(
+    teacher,
+    teacher_path: str,
+    prompts: Sequence[str] = (),
+    prompts_cache="",
+    text_encoder="",
+    seed: int = 0,
+    count: int | None = None,
+    negative_prompt: str | None = None,
+    device=None,
+) -> Conditioning:
+    """The contexts to sample or calibrate with. Toy teacher: the toy text encoder on `prompts`. Real teacher:
+    the embeddings of a prompts (or latents) cache `prompts_cache` (those whose caption is in `prompts`, in that
+    order; all of them when `prompts` is empty), else `prompts` through umT5 at `text_encoder` (a Diffusers Wan
+    directory or Hub id, or a text_encoder/ folder; negative: `negative_prompt`, default Wan's own), else
+    `count` (default len(prompts)) seeded random contexts, announced as such. Prints where they came from."""
     from . import toy
+    from .errors import ConfigError
     from .formats import spec_of
 
+    prompts = list(prompts)
     if is_toy(teacher_path):
-        return toy.encode_text(prompts), toy.encode_text([""])
-    spec = spec_of(teacher)
-    g = torch.Generator().manual_seed(seed)
-    context = torch.zeros(len(prompts), spec.text_len, spec.text_dim)
-    context[:, :16] = torch.randn(len(prompts), 16, spec.text_dim, generator=g)
-    return context, torch.zeros_like(context[:1])
+        made = Conditioning(toy.encode_text(prompts), toy.encode_text([""]), prompts, "the toy text encoder")
+    elif prompts_cache:
+        cache = _cache(prompts_cache, ("prompts", "latents"), "prompts_cache")
+        captions = cache_captions(cache)
+        if prompts:
+            missing = [p for p in prompts if p not in captions]
+            if missing:
+                raise ConfigError(
+                    f"prompts_cache={prompts_cache}: no embedding for {missing} (it holds {len(captions)} prompts, "
+                    f"e.g. {captions[:2]}). Fix: encode them (`wanlite encode --prompts FILE --out DIR`), or set "
+                    "prompts to [] to use the cache's own prompts."
+                )
+            index = [captions.index(p) for p in prompts]
+        else:
+            index = list(range(len(captions)))
+        rows = [cache[i] for i in index]
+        made = Conditioning(
+            torch.stack([r["context"].float() for r in rows]),
+            rows[0]["negative_context"].float()[None],
+            [captions[i] for i in index],
+            f"the prompts cache {prompts_cache}",
+        )
+    elif text_encoder:
+        if not prompts:
+            raise ConfigError("text_encoder is set but prompts is empty. Fix: give prompts to encode.")
+        from .train.encoders import WAN_NEGATIVE, load_encoders
+
+        folder = Path(text_encoder)
+        whole = not (folder / "config.json").is_file()  # a Diffusers Wan directory / Hub id, not text_encoder/
+        encoders = load_encoders(
+            text_encoder if whole else None,
+            text_encoder=None if whole else folder,
+            need_vae=False,
+            device=device,
+            text_length=spec_of(teacher).text_len,
+        )
+        negative = WAN_NEGATIVE if negative_prompt is None else negative_prompt
+        made = Conditioning(
+            encoders.text(prompts).float(), encoders.text([negative]).float(), prompts, f"umT5 at {text_encoder}"
+        )
+        del encoders
+    else:
+        made = random_conditioning(spec_of(teacher), count or len(prompts) or 2, seed)
+    made.announce()
+    return made
+
+
+def video_size(spec, toy_world: bool, device, frames: int = 0, height: int = 0, width: int = 0, guidance=1.0, steps=1):
+    """The latent grid (F, H, W) of the videos 05 compares, from pixels: `frames` (4k+1), `height` and `width`
+    (multiples of 16 px; 32 for a 48-channel Wan2.2 VAE). 0 picks the default: the toy world's 17 x 64 x 64; for a
+    real teacher 33 frames at 480 x 832 on a GPU, 9 frames at 128 x 128 on a CPU. Prints the cost per video."""
+    from .errors import ConfigError
+
+    default = (17, 64, 64) if toy_world else (33, 480, 832) if torch.device(device).type == "cuda" else (9, 128, 128)
+    frames, height, width = frames or default[0], height or default[1], width or default[2]
+    stride = 16 if spec.in_dim == 48 else 8  # pixels per latent: Wan2.2's VAE is 16, Wan2.1's 8
+    if (frames - 1) % 4 or height % (2 * stride) or width % (2 * stride):
+        raise ConfigError(
+            f"frames={frames}, height={height}, width={width}: Wan videos have 4k+1 frames and sides that are "
+            f"multiples of {2 * stride} px. Fix: e.g. frames=33, height=480, width=832."
+        )
+    grid = ((frames - 1) // 4 + 1, height // stride, width // stride)
+    tokens = grid[0] * (grid[1] // spec.patch_size[1]) * (grid[2] // spec.patch_size[2])
+    forwards = steps * (2 if guidance != 1 else 1)
+    print(
+        f"videos of {frames} frames at {height}x{width} px: latents {grid[0]}x{grid[1]}x{grid[2]}, {tokens:,} tokens "
+        f"per forward; the teacher needs {forwards} forwards per video (Wan 480p x 81 frames: 32,760 tokens)"
+    )
+    return grid
+
+
+def auto_device() -> tuple[torch.device, torch.dtype]:
+    """Where the notebooks run: the GPU in bf16 when there is one, else the CPU in fp32."""
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16
+    return torch.device("cpu"), torch.float32
 
 
 # ---------------------------------------------------------------- from paths (`wanlite compare`)
@@ -194,13 +445,6 @@ def _toy_config(bundle: Path) -> CompareConfig:
     )
 
 
-def _random_contexts(teacher, seed: int) -> tuple[torch.Tensor, list[str]]:
-    g = torch.Generator().manual_seed(seed)
-    contexts = torch.zeros(2, 32, teacher.config.text_dim)
-    contexts[:, :16] = torch.randn(2, 16, teacher.config.text_dim, generator=g)
-    return contexts, ["random context 0", "random context 1"]
-
-
 def compare_paths(
     teacher_path,
     student_path,
@@ -211,6 +455,7 @@ def compare_paths(
     contexts: torch.Tensor | None = None,
     negative_context: torch.Tensor | None = None,
     text_encoder=None,
+    prompts_cache=None,
     run_dir=None,
     config: CompareConfig | None = None,
     kept_blocks: Sequence[int] | None = None,
@@ -224,13 +469,15 @@ def compare_paths(
     report to `out_dir`.
 
     `vae`: an object with `decode`, or the path of a local diffusers AutoencoderKLWan (pixel PSNR/SSIM).
-    Contexts: `contexts` if given; else `prompts` encoded with `text_encoder` (default: the toy world's text
-    encoder, for toy models); else two seeded random umT5-shaped contexts (functional fidelity only).
+    Contexts: `contexts` if given; else the embeddings of a prompts cache `prompts_cache` (`wanlite encode
+    --prompts`; those of `prompts`, or all); else `prompts` encoded with `text_encoder` (a callable, or the path /
+    Hub id of umT5: a Diffusers Wan directory; default for toy models: the toy world's text encoder); else two
+    seeded random umT5-shaped contexts, labelled "random context #i" (functional fidelity only, said loudly).
     A toy teacher bundle brings its VAE, its sampling settings and its clip size unless given, and both models'
     prompt adherence over all 48 captions is scored. `student_steps`: sample the student at k steps of its own
     sampler instead of its recorded count (`Sampling.with_steps`), e.g. a 4-step `guided` student at 2 or 8."""
     from .evaluate.vae import load_diffusers_vae
-    from .formats import load_wan
+    from .formats import load_wan, spec_of
 
     bundle = _toy_bundle(teacher_path)
     if bundle is not None:
@@ -250,11 +497,22 @@ def compare_paths(
         own = config.student_sampling or getattr(student, "sampling", None) or config.teacher_sampling()
         config = dataclasses.replace(config, student_sampling=own.with_steps(student_steps))
     labels = list(prompts) if prompts else None
-    if contexts is None and prompts:
+    random, notes = False, []
+    if contexts is None and (prompts_cache or isinstance(text_encoder, (str, Path))):
+        made = conditioning(
+            teacher, str(teacher_path), prompts or (), prompts_cache or "", text_encoder or "", config.seed
+        )
+        contexts, labels = made.contexts, made.labels
+        negative_context = negative_context if negative_context is not None else made.negative
+    elif contexts is None and prompts:
         contexts, neg = _encode(prompts, text_encoder)
         negative_context = negative_context if negative_context is not None else neg
+        if text_encoder is None and bundle is None:
+            notes.append("prompts embedded by the toy world's text encoder (give a text encoder for a real Wan).")
     elif contexts is None:
-        contexts, labels = _random_contexts(teacher, config.seed)
+        made = random_conditioning(spec_of(teacher), 2, config.seed)
+        made.announce()
+        contexts, labels, random = made.contexts, made.labels, True
     comp = compare(
         teacher,
         student,
@@ -266,8 +524,7 @@ def compare_paths(
         config=config,
         run_dir=run_dir,
     )
-    if labels and labels[0].startswith("random context"):
-        comp.notes.append("no prompts: seeded random contexts (functional fidelity, not caption following).")
+    comp.notes += notes + ([RANDOM_NOTE] if random else [])
     if student_steps is not None and student_steps != own.steps:
         comp.notes.append(f"the student sampled at {student_steps} steps, not its recorded {own.steps}.")
     if bundle is not None:
@@ -294,15 +551,18 @@ def quant_report(
     toy_world: bool | None = None,
     prompts: Sequence[str] | None = None,
     work_dir=None,
+    conditioning: Conditioning | None = None,
+    device=None,
 ):
     """`evaluate.quantization_report` for a model on disk (any Wan layout, loaded in fp32). A toy-world model
     (`toy_world`, default: the path lies in a toy bundle or a run directory of the toy world) is measured on toy
     captions with its own sampling, its clip size and prompt adherence over all 48 captions per format; any other
-    model on two seeded random contexts. Writes quant_report.md/.json to `out_dir` when given."""
+    model on the contexts of `conditioning` (a `Conditioning`), else on two seeded random contexts (said in the
+    notes). Runs on `device` (default the CPU) in fp32. Writes quant_report.md/.json to `out_dir` when given."""
     from .evaluate.quantization import FORMATS, quantization_report
     from .formats import load_wan
 
-    model = load_wan(model_path, torch_dtype=torch.float32)
+    model = load_wan(model_path, torch_dtype=torch.float32, device=device)
     if toy_world is None:
         toy_world = _toy_bundle(model_path) is not None or _toy_run(model_path)
     kwargs = {}
@@ -322,11 +582,17 @@ def quant_report(
         from .errors import ConfigError
 
         raise ConfigError("quant_report: prompts are toy-world captions. Fix: pass toy_world=True (CLI: --toy).")
+    elif conditioning is not None:
+        kwargs = dict(contexts=conditioning.contexts, negative_context=conditioning.negative)
     report = quantization_report(model, formats or FORMATS, work_dir=work_dir, name=str(model_path), **kwargs)
     if toy_world:
         report.notes.append(
             f"toy world: {len(prompts)} captions for velocities/samples; adherence over all 48 captions"
         )
+    elif conditioning is None or conditioning.random:
+        report.notes.append("contexts: seeded RANDOM ones, not prompt embeddings (errors of the weights alone)")
+    else:
+        report.notes.append(f"contexts: {len(conditioning.labels)} prompts from {conditioning.source}")
     if out_dir is not None:
         report.save(out_dir)
     return report

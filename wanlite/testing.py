@@ -91,3 +91,48 @@ def broken_comfyui_files(folder) -> dict:
         "head_dim_64": folder / "head_dim_64.safetensors",
         "diffusers_names": folder / "diffusers_names.safetensors",
     }
+
+
+# ---------------------------------------------------------------- tiny encoders (Wan VAE, umT5, tokenizer)
+TINY_WORDS = "a red blue cat dog walking running on grass sand at night the city street rain".split()
+
+
+def tiny_vae(channels: int = 16):
+    """A random diffusers `AutoencoderKLWan` a few KB big: 16 channels (Wan2.1, 8 px per latent) or 48 (Wan2.2,
+    16 px per latent), with random latents_mean / latents_std so normalisation is exercised."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(channels)
+    common = dict(base_dim=8, num_res_blocks=1, dim_mult=[1, 1, 1, 1], temperal_downsample=[False, True, True])
+    stats = dict(latents_mean=torch.randn(channels).tolist(), latents_std=(1 + torch.rand(channels)).tolist())
+    if channels == 48:  # Wan2.2's VAE: 2x2 pixel patches in, 16 px per latent
+        common.update(is_residual=True, patch_size=2, in_channels=12, out_channels=12, scale_factor_spatial=16)
+    return AutoencoderKLWan(z_dim=channels, **common, **stats).eval()
+
+
+def tiny_tokenizer():
+    """A word-level fast tokenizer over TINY_WORDS with T5's pad / eos / unk, saved like umT5's."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(TINY_WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def tiny_wan_encoders(folder, channels: int = 16):
+    """A Diffusers-format Wan folder with just vae/, text_encoder/ and tokenizer/ (random, tiny; umT5 width 4096),
+    what `wanlite encode --models`, the notebooks' `text_encoder` and `vae` read."""
+    from pathlib import Path
+
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    folder = Path(folder)
+    tiny_vae(channels).save_pretrained(folder / "vae")
+    torch.manual_seed(0)
+    config = UMT5Config(vocab_size=32, d_model=4096, d_kv=8, d_ff=16, num_layers=1, num_heads=2)
+    UMT5EncoderModel(config).eval().save_pretrained(folder / "text_encoder")
+    tiny_tokenizer().save_pretrained(folder / "tokenizer")
+    return folder

@@ -55,14 +55,32 @@ def progress(iterable, **kwargs):
 
     if not in_kernel():
         return tqdm(iterable, **kwargs)
-    if headless():  # an executed notebook: stdout, not a red stderr box
-        return tqdm(iterable, **({"file": sys.stdout} | kwargs))
+    if headless():  # an executed notebook: one text output updated in place (not one output per update)
+        return tqdm(iterable, **({"file": _OneLine(), "mininterval": 1.0} | kwargs))
     try:
         import ipywidgets  # noqa: F401  (tqdm.notebook needs it for the widget)
         from tqdm.notebook import tqdm as notebook_tqdm
     except ImportError:
         return tqdm(iterable, **({"file": sys.stdout} | kwargs))
     return _text_when_done(notebook_tqdm)(iterable, **kwargs)
+
+
+class _OneLine:
+    """A file for tqdm that shows its latest line in one notebook output (a display id updated in place), so an
+    executed notebook keeps one line for a 20,000-step bar instead of 20,000 stream outputs."""
+
+    def __init__(self):
+        from IPython.display import display
+
+        self.handle = display({"text/plain": ""}, raw=True, display_id=True)
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "\n").strip().rsplit("\n", 1)[-1]
+        if line:
+            self.handle.update({"text/plain": line}, raw=True)
+
+    def flush(self) -> None:
+        pass
 
 
 def _text_when_done(base):

@@ -150,7 +150,7 @@ def quantization_report(
                 export = save_wan(model, folder, layout="comfyui", dtype="bf16", overwrite=True)
             else:
                 export = save_wan(model, folder, quant=fmt, overwrite=True)
-            back = load_wan(export.path, torch_dtype=dtype)
+            back = load_wan(export.path, torch_dtype=dtype, device=next(model.parameters()).device)
             err, where = _weight_error(model, back)
             v, x = measure(back)
             size = Path(export.path).stat().st_size
@@ -170,7 +170,8 @@ def quantization_report(
     report.notes.append(
         f"same inputs for every format: {contexts.shape[0]} contexts, noise {tuple(noise.shape)}, velocities at "
         f"sigma {list(sigmas)}, samples with {sampling.steps} {sampling.solver} steps, guidance {sampling.guidance:g}, "
-        f"shift {sampling.shift:g}; every file loaded back in {str(dtype).removeprefix('torch.')}"
+        f"shift {sampling.shift:g}; every file loaded back in {str(dtype).removeprefix('torch.')} on "
+        f"{next(model.parameters()).device}"
     )
     report.notes.append(
         "bits/weight counts the whole file (scales, the F32/F16 tensors kept unquantized, headers): small models "

@@ -17,7 +17,7 @@ from . import keys as keymap
 from . import quant as quants
 from .io import atomic_path, write_json, write_safetensors
 from .load import INDEX, SHORT, WEIGHTS, parse_dtype, with_variant
-from .records import PRUNING_FILE, pruning_metadata
+from .records import PRUNING_FILE, pruning_file, pruning_metadata, pruning_sidecar
 from .spec import WanSpec, spec_of
 
 LAYOUTS = ("wan", "comfyui", "diffusers")
@@ -71,14 +71,14 @@ def default_comfyui_name(spec: WanSpec, dtype: torch.dtype, quant: str | None = 
     return f"wanlite_{spec.model_type}_{size}_{quant or SHORT[dtype]}{suffix}"
 
 
-def _metadata(spec: WanSpec, provenance: dict | None, pruning, sampling, beside_file: bool) -> dict[str, str]:
+def _metadata(spec: WanSpec, provenance: dict | None, pruning, sampling, beside: str) -> dict[str, str]:
     meta = {
         "format": "pt",
         "wanlite.version": json.dumps(__version__),
         "wanlite.spec": json.dumps({**spec.__dict__, "patch_size": list(spec.patch_size)}),
     }
     if pruning is not None:
-        meta["wanlite.pruning"] = pruning_metadata(pruning, beside_file)
+        meta["wanlite.pruning"] = pruning_metadata(pruning, beside)
     if sampling is not None:
         meta["wanlite.sampling"] = json.dumps(sampling.to_dict())
     for key, value in (provenance or {}).items():
@@ -218,7 +218,8 @@ def save_wan(
             "steps and guidance, but it carries no sampling record: every tool would sample it like the "
             "teacher. Fix: set model.sampling = wanlite.formats.Sampling(...) (distill() sets it)."
         )
-    metadata = _metadata(spec, provenance, pruning, sampling, beside_file=layout != "comfyui")
+    beside = pruning_sidecar(out) if layout == "comfyui" else PRUNING_FILE
+    metadata = _metadata(spec, provenance, pruning, sampling, beside)
     with atomic_path(out, overwrite, is_dir=layout != "comfyui") as tmp:
         state = {} if quant else _state(model, torch_dtype, official=layout != "diffusers")
         if quant:  # a model loaded from a quantized file was dequantized on load: this quantizes it again
@@ -238,6 +239,10 @@ def save_wan(
                 (tmp / "README.md").write_text(model_card(spec, provenance, SHORT[torch_dtype], pruning, sampling))
                 files.append("README.md")
         del state
+    if layout == "comfyui" and pruning_file(metadata.get("wanlite.pruning")):  # too big to ride inside the file
+        with atomic_path(out.parent / beside, True, is_dir=False) as tmp:
+            tmp.write_text(pruning.to_json())
+        files.append(beside)
     if layout == "comfyui" and sampling is not None:  # drag-and-drop and API workflows that sample it right
         from .workflow import write_workflows
 

@@ -84,8 +84,8 @@ class WanSource:
 
     @property
     def pruning(self):
-        """The student's `Pruning` record (from the metadata, or the pruning.json beside it), or None."""
-        folder = self.path if self.path.is_dir() else None
+        """The student's `Pruning` record (from the metadata, or the file beside the weights it names), or None."""
+        folder = self.path if self.path.is_dir() else self.path.parent
         return pruning_from_metadata(self.metadata.get("wanlite.pruning"), folder, where=str(self.path))
 
     @property

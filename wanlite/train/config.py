@@ -64,7 +64,8 @@ class DistillConfig:
     log_every: int = 10  # steps between metric lines
     val_every: int = 100  # steps between validations; 0 = only at start and end
     checkpoint_every: int = 500  # steps between checkpoints; 0 = only at the end; -1 = never (benchmarks)
-    keep_checkpoints: int = 2  # most recent checkpoints kept
+    keep_checkpoints: int = 2  # most recent full checkpoints kept (each: student params x 12 bytes, x 16 with EMA)
+    snapshot_weights: bool = False  # also snapshots/step-N.safetensors at each checkpoint: weights only (x 4 bytes)
     trackers: tuple[str, ...] = ()  # accelerate trackers, e.g. ["tensorboard"]
     seed: int = 0  # data order, noise and the validation split
     num_workers: int = 0  # DataLoader workers

@@ -149,6 +149,11 @@ def train(
             if not weights_finite(acc, student):  # never checkpoint weights an update has already broken
                 stop_non_finite(run, done + 1, 0, ["weights"], {"weights": float("nan")}, log)
             save_checkpoint(acc, run.path, done, ema, cfg.keep_checkpoints)
+            if cfg.snapshot_weights:  # the disk-light history: the latest full checkpoint + weights per checkpoint
+                snapshot = run.path / "snapshots" / f"step-{done:07d}.safetensors"
+                export_student(
+                    acc, student, snapshot, "comfyui", {"step": done, "snapshot_of": "training weights"}, "fp32"
+                )
     return record
 
 

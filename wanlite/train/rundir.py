@@ -34,6 +34,7 @@ RESUMABLE_CHANGES = {
     "val_every",
     "checkpoint_every",
     "keep_checkpoints",
+    "snapshot_weights",
     "trackers",
     "progress",
     "num_workers",

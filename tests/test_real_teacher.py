@@ -1,0 +1,287 @@
+"""A real teacher through the notebooks: a tiny random Wan on disk (not the toy branch), a tiny random umT5 and Wan
+VAE built from config, real caches written by `wanlite encode`; 01 -> 05 run by the pipeline. Checks what a user
+with real weights relies on: contexts are the encoder's embeddings of the given prompts, 05 decodes through the
+VAE, the exports carry a small provenance, a changed recipe under the same run is refused, the console shows
+progress. Also: the pruning record of a width-pruned student with thousands of kept indices stays out of the
+metadata and still comes back exactly from every layout."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from wanlite import runs
+from wanlite.pipeline import run_pipeline
+from wanlite.testing import random_wan, tiny_spec, tiny_wan_encoders
+
+PROMPTS = ["a red cat walking on grass", "the city street at night rain"]
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    """A tiny teacher in the official layout, its encoders, a latents cache and a prompts cache."""
+    from wanlite.formats import save_wan
+    from wanlite.train.encode import encode, load_encoders
+
+    root = tmp_path_factory.mktemp("real")
+    models = tiny_wan_encoders(root / "wan")
+    save_wan(random_wan(tiny_spec(num_layers=2), seed=3), root / "teacher")
+    encoders = load_encoders(models, device="cpu", text_length=16)
+    quiet = dict(progress=False, log=lambda line: None)
+    encode(root / "data", encoders, clips=runs.toy_clips(6), **runs.toy_settings(), **quiet)  # 17 x 64 x 64 clips
+    encode(root / "prompts", encoders, prompts=PROMPTS, **quiet)
+    return {"root": root, "models": models, "teacher": root / "teacher", "encoders": encoders}
+
+
+def _params(real, **more) -> dict:
+    return {
+        "teacher_path": str(real["teacher"]),
+        "data": str(real["root"] / "data"),
+        "prompts_cache": str(real["root"] / "prompts"),
+        "vae": str(real["models"] / "vae"),
+        "prompts": PROMPTS,
+        "num_blocks": 1,
+        "num_heads": 1,
+        "ffn_dim": 256,
+        "calibration_prompts": 2,
+        "steps": 4,
+        "warmup_steps": 1,
+        "batch_size": 2,
+        "val_every": 2,
+        "checkpoint_every": 2,
+        "frames": 5,
+        "height": 32,
+        "width": 32,
+        "sample_steps": 2,
+        "repeats": 1,
+        **more,
+    }
+
+
+def test_contexts_are_the_encoders_embeddings_of_each_prompt(real, capsys):
+    from wanlite.formats import load_wan
+
+    teacher = load_wan(real["teacher"])
+    path = str(real["teacher"])
+    cached = runs.conditioning(teacher, path, PROMPTS, prompts_cache=real["root"] / "prompts")
+    direct = real["encoders"].text(PROMPTS)
+    torch.testing.assert_close(cached.contexts, direct)
+    assert cached.labels == PROMPTS and not cached.random
+    assert not torch.allclose(cached.contexts[0], cached.contexts[1])  # each prompt its own embedding
+    one = runs.conditioning(teacher, path, PROMPTS[::-1], prompts_cache=real["root"] / "prompts")
+    torch.testing.assert_close(one.contexts, direct.flip(0))  # picked by caption, not by position
+
+    live = runs.conditioning(teacher, path, ["a blue dog on sand", "a cat"], text_encoder=str(real["models"]))
+    assert live.contexts.shape[1] == 512  # padded to the teacher's text_len, as Wan's pipelines do
+    from wanlite.train.encode import WAN_NEGATIVE, load_encoders
+
+    full = load_encoders(real["models"], device="cpu", need_vae=False)  # 512 tokens, like the teacher's text_len
+    torch.testing.assert_close(live.contexts, full.text(["a blue dog on sand", "a cat"]))
+    torch.testing.assert_close(live.negative, full.text([WAN_NEGATIVE]))
+    other = runs.conditioning(teacher, path, ["the street", "rain at night"], text_encoder=str(real["models"]))
+    assert not torch.allclose(live.contexts, other.contexts)  # two prompt lists of one length differ
+
+    from wanlite.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no embedding for \\['a dog'\\].*wanlite encode --prompts"):
+        runs.conditioning(teacher, path, ["a dog"], prompts_cache=real["root"] / "prompts")
+    capsys.readouterr()
+    made = runs.conditioning(teacher, path, PROMPTS)  # nothing to embed with: random, and it says so
+    assert made.random and made.labels == ["random context #0", "random context #1"]
+    assert "WARNING" in capsys.readouterr().out
+
+
+def test_the_notebooks_run_a_real_teacher_end_to_end(real, tmp_path, capsys):
+    from wanlite.errors import WanliteError
+    from wanlite.formats import inspect_wan
+
+    params = _params(real)
+    result = run_pipeline("tiny", params, runs_dir=tmp_path, only=["01", "02", "03", "04", "05"], progress_every=1)
+    out = capsys.readouterr().out
+    run = tmp_path / "tiny"
+    assert len(result.executed) == 5
+
+    # the console shows progress while a notebook runs: which one, and 02's step out of its total
+    assert "   02_distill: " in out and "/4" in out, out
+    assert "parameters no notebook declares" not in out
+
+    # 01 calibrated on the latents cache and recorded the recipe
+    asked = json.loads((run / "recipe.json").read_text())["asked"]
+    assert asked["data"] == params["data"] and asked["num_heads"] == 1
+    executed01 = (run / "01_init_from_teacher.ipynb").read_text()
+    assert "calibration batch: latents of" in executed01 and "WARNING" not in executed01
+
+    # 05: the prompts' own embeddings (rows labelled by them), decoded through the VAE, where it measured
+    metrics = json.loads((run / "compare" / "metrics.json").read_text())
+    assert metrics["prompts"] == PROMPTS
+    assert "pixel_psnr_db" in metrics["summary"]
+    assert any("measured on cpu in float32" in n for n in metrics["notes"])
+    assert any("prompts cache" in n for n in metrics["notes"])
+
+    # exports: small provenance, the full record beside them; 04 left no fp32 copy behind
+    for layout in ("wan", "diffusers"):
+        assert (run / "export" / layout / "pruning.json").is_file()
+    [comfy] = (run / "export" / "comfyui").glob("*.safetensors")
+    meta = inspect_wan(comfy).metadata
+    assert sum(map(len, meta.values())) < 20_000, {k: len(v) for k, v in meta.items()}
+    assert not list(run.glob(".comfyui_fp32-*")) and not (run / "export" / "comfyui_fp32").exists()
+
+    # the same recipe again: 01 keeps its student; another recipe under this run: refused, naming the fix
+    before = (run / "student_init" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    run_pipeline("tiny", params, runs_dir=tmp_path, only=["01"])
+    assert (run / "student_init" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == before
+    with pytest.raises(WanliteError, match="01_init_from_teacher.ipynb failed"):
+        run_pipeline("tiny", {**params, "num_heads": 2}, runs_dir=tmp_path, only=["01"])
+    failed = (run / "01_init_from_teacher.ipynb").read_text()
+    assert "another recipe" in failed and "num_heads: 1 -> 2" in failed and "overwrite=True" in failed
+    assert inspect_wan(run / "student_init").spec.num_heads == 1  # untouched
+    assert (run / "distill" / "checkpoints").is_dir()  # and the old run's checkpoints are still there
+
+
+def test_a_distillation_of_another_student_is_refused(tmp_path):
+    from wanlite.compress import Recipe, WanLiteStudent
+    from wanlite.errors import DestinationExistsError
+
+    teacher = random_wan(tiny_spec(num_layers=2), seed=0)
+    first = WanLiteStudent.from_teacher(teacher, Recipe(num_blocks=1, width_selection="magnitude"))
+    runs.claim_distill(tmp_path, first)
+    runs.claim_distill(tmp_path, first)  # the same student again: fine (a resume)
+    other = WanLiteStudent.from_teacher(teacher, Recipe(num_blocks=2, width_selection="magnitude"))
+    with pytest.raises(DestinationExistsError, match="another student.*Fix: a new run name"):
+        runs.claim_distill(tmp_path, other)
+
+
+def test_overwrite_replaces_the_old_recipes_artifacts(tmp_path):
+    from wanlite.errors import DestinationExistsError
+
+    assert runs.claim_recipe(tmp_path, {"num_blocks": 1})
+    for name in ("student_init", "distill/checkpoints", "export/wan"):
+        (tmp_path / name).mkdir(parents=True)
+    (tmp_path / "student_init" / "config.json").write_text("{}")
+    assert not runs.claim_recipe(tmp_path, {"num_blocks": 1})  # same recipe: kept
+    with pytest.raises(DestinationExistsError, match="num_blocks: 1 -> 2"):
+        runs.claim_recipe(tmp_path, {"num_blocks": 2})
+    assert (tmp_path / "distill" / "checkpoints").is_dir()
+    assert not runs.claim_recipe(tmp_path, {"num_blocks": 1}, overwrite=True)  # same recipe: overwrite wipes nothing
+    assert (tmp_path / "distill" / "checkpoints").is_dir()
+    assert runs.claim_recipe(tmp_path, {"num_blocks": 2}, overwrite=True)
+    assert not (tmp_path / "distill").exists() and not (tmp_path / "student_init").exists()
+    assert json.loads((tmp_path / "recipe.json").read_text())["asked"] == {"num_blocks": 2}
+
+
+def test_provenance_stays_small_for_thousands_of_kept_indices(tmp_path, capsys):
+    """A width-pruned student of a teacher with a 1.3B-like FFN (8960 neurons, 4 blocks): ~18k kept indices. The
+    metadata holds a summary and hash (plus the compact record only under 64 KB), the full record sits beside the
+    weights, and every layout loads `student.pruning` back exactly."""
+    from wanlite.cli import main
+    from wanlite.compress import Recipe, WanLiteStudent
+    from wanlite.formats import inspect_wan, load_wan, save_wan
+    from wanlite.formats.records import INLINE_LIMIT
+
+    teacher = random_wan(tiny_spec(num_layers=4, ffn_dim=8960), seed=0)
+    student = WanLiteStudent.from_teacher(
+        teacher, Recipe(num_blocks=4, num_heads=1, ffn_dim=4480, width_selection="magnitude")
+    )
+    pruning = student.pruning
+    assert sum(map(len, pruning.kept_ffn)) == 4 * 4480
+    assert len(pruning.to_json()) > 80_000  # the plain record: every index written out
+    paths = {
+        "wan": save_wan(student, tmp_path / "wan").path,
+        "diffusers": save_wan(student, tmp_path / "diffusers", layout="diffusers").path,
+        "comfyui": save_wan(student, tmp_path / "c.safetensors", layout="comfyui").path,
+    }
+    for layout, path in paths.items():
+        source = inspect_wan(path)
+        assert sum(len(k) + len(v) for k, v in source.metadata.items()) < INLINE_LIMIT, layout
+        assert source.pruning == pruning, layout
+        assert load_wan(path).pruning == pruning, layout
+        assert WanLiteStudent.from_pretrained(path).pruning == pruning, layout
+    assert json.loads((tmp_path / "wan" / "pruning.json").read_text())["kept_ffn"][0][:3] == pruning.kept_ffn[0][:3]
+    assert main(["inspect", str(paths["wan"])]) == 0
+    short = capsys.readouterr().out
+    assert len(short) < 4000 and "ffn 8960 -> 4480" in short
+    assert main(["inspect", str(paths["wan"]), "--full"]) == 0
+    assert len(capsys.readouterr().out) > len(pruning.to_json())  # --full: the whole record
+
+
+def test_a_record_over_the_limit_travels_beside_the_comfyui_file(tmp_path, monkeypatch):
+    """Above INLINE_LIMIT (a width-pruned 14B student's compact record is ~100 KB) the single file holds a
+    summary, the hash and a pointer; `NAME.pruning.json` beside it holds the record, and loads check the hash."""
+    from wanlite.compress import Recipe, WanLiteStudent
+    from wanlite.errors import FormatError
+    from wanlite.formats import inspect_wan, load_wan, records, save_wan
+
+    monkeypatch.setattr(records, "INLINE_LIMIT", 500)  # this student's compact record is ~1 KB
+    teacher = random_wan(tiny_spec(num_layers=2), seed=0)
+    student = WanLiteStudent.from_teacher(teacher, Recipe(num_heads=1, ffn_dim=256, width_selection="magnitude"))
+    export = save_wan(student, tmp_path / "s.safetensors", layout="comfyui")
+    sidecar = tmp_path / "s.pruning.json"
+    assert sidecar.name in export.files and sidecar.is_file()
+    entry = json.loads(inspect_wan(export.path).metadata["wanlite.pruning"])
+    assert entry["file"] == sidecar.name and "record" not in entry and entry["summary"]["ffn"] == "512 -> 256"
+    assert load_wan(export.path).pruning == student.pruning
+    other = WanLiteStudent.from_teacher(teacher, Recipe(num_heads=1, ffn_dim=128, width_selection="magnitude"))
+    sidecar.write_text(other.pruning.to_json())  # a record of another export
+    with pytest.raises(FormatError, match="does not match the pruning hash"):
+        load_wan(export.path)
+
+
+def test_progress_lines_name_the_notebook_step_total_and_eta(tmp_path):
+    import time
+
+    from wanlite.pipeline import Progress
+
+    metrics = tmp_path / "metrics.jsonl"
+    watch = Progress("02_distill", metrics, 100, every=60)
+    assert watch.line().endswith("running")  # no metrics yet
+    metrics.write_text(json.dumps({"step": 10, "loss": 1.0}) + "\n")
+    assert "step 10/100" in watch.line()
+    time.sleep(0.05)
+    metrics.write_text(json.dumps({"step": 10}) + "\n" + json.dumps({"step": 30}) + "\n")
+    line = watch.line()
+    assert "step 30/100 (30%)" in line and "steps/s, ETA " in line, line
+
+
+def test_latest_full_checkpoint_plus_weights_only_snapshots(tmp_path):
+    from wanlite.compress import Recipe, WanLiteStudent
+    from wanlite.formats import load_wan
+    from wanlite.train import DistillConfig, distill
+
+    teacher = random_wan(tiny_spec(num_layers=2), seed=0)
+    student = WanLiteStudent.from_teacher(teacher, Recipe(num_blocks=1, width_selection="magnitude"))
+    cfg = DistillConfig(
+        run_dir=str(tmp_path / "run"), steps=3, batch_size=1, val_samples=1, val_every=0, checkpoint_every=1,
+        keep_checkpoints=1, snapshot_weights=True, progress=False, latent_shape=(16, 1, 4, 4), synthetic_samples=4,
+    )  # fmt: skip
+    result = distill(cfg, teacher=teacher, student=student)
+    run = tmp_path / "run"
+    assert [c.name for c in (run / "checkpoints").iterdir()] == ["step-0000003"]  # only the latest full one
+    snapshots = sorted(p.name for p in (run / "snapshots").glob("*.safetensors"))
+    assert snapshots == [f"step-000000{i}.safetensors" for i in (1, 2, 3)]
+    last = load_wan(run / "snapshots" / snapshots[-1])
+    for (name, a), b in zip(result.student.state_dict().items(), last.state_dict().values()):
+        torch.testing.assert_close(a.float(), b.float(), msg=name)  # the weights of that step, exactly
+    assert last.pruning == student.pruning
+    first = load_wan(run / "snapshots" / snapshots[0])
+    assert not torch.equal(first.proj_out.weight, last.proj_out.weight)  # a history, not one file three times
+
+
+def test_compare_cli_takes_a_prompts_cache_and_labels_random_contexts_as_such(real, tmp_path, capsys):
+    from wanlite.cli import main
+    from wanlite.compress import Recipe, WanLiteStudent
+
+    student = WanLiteStudent.from_teacher(real["teacher"], Recipe(num_blocks=1, width_selection="magnitude"))
+    student.save_pretrained(tmp_path / "student")
+    common = [str(real["teacher"]), str(tmp_path / "student"), "--steps", "2", "--repeats", "1"]
+    cache = ["--prompts-cache", str(real["root"] / "prompts"), "--vae", str(real["models"] / "vae")]
+    assert main(["compare", *common, *cache, "--out", str(tmp_path / "cached")]) == 0
+    metrics = json.loads((tmp_path / "cached" / "metrics.json").read_text())
+    assert metrics["prompts"] == PROMPTS and "pixel_psnr_db" in metrics["summary"]
+    assert main(["compare", *common, "--out", str(tmp_path / "random")]) == 0
+    assert "WARNING" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "random" / "metrics.json").read_text())
+    assert metrics["prompts"] == ["random context #0", "random context #1"]
+    assert any(n.startswith("WARNING: no prompt embeddings") for n in metrics["notes"])
+    assert "random context #0" in (tmp_path / "random" / "report.md").read_text()
