@@ -93,12 +93,13 @@ def test_contexts_are_the_encoders_embeddings_of_each_prompt(real, capsys):
     assert "WARNING" in capsys.readouterr().out
 
 
-def test_the_notebooks_run_a_real_teacher_end_to_end(real, tmp_path, capsys):
+def test_the_notebooks_run_a_real_teacher_end_to_end(real, tmp_path, capsys, monkeypatch):
     from wanlite.errors import WanliteError
     from wanlite.formats import inspect_wan
 
     params = _params(real)
-    result = run_pipeline("tiny", params, runs_dir=tmp_path, only=["01", "02", "03", "04", "05"], progress_every=1)
+    monkeypatch.chdir(tmp_path)  # a relative runs_dir, as `python -m wanlite.pipeline` uses (runs/)
+    result = run_pipeline("tiny", params, runs_dir=".", only=["01", "02", "03", "04", "05"], progress_every=1)
     out = capsys.readouterr().out
     run = tmp_path / "tiny"
     assert len(result.executed) == 5

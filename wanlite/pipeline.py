@@ -138,7 +138,8 @@ def run_pipeline(
         start = time.perf_counter()
         trains = "steps" in declared  # 02: its steps show up in the run's metrics.jsonl
         steps = given.get("steps", declared.get("steps", {}).get("default")) if trains else None
-        metrics = run_dir / "distill" / "metrics.jsonl" if trains else None
+        # absolute: papermill runs each notebook with the process's cwd set to the notebooks' folder
+        metrics = run_dir.resolve() / "distill" / "metrics.jsonl" if trains else None
         watch = Progress(book.stem, metrics, int(steps) if str(steps).isdigit() else None, progress_every)
         watch.start()
         try:
