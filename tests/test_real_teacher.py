@@ -8,6 +8,7 @@ metadata and still comes back exactly from every layout."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -99,6 +100,7 @@ def test_the_notebooks_run_a_real_teacher_end_to_end(real, tmp_path, capsys, mon
 
     params = _params(real)
     monkeypatch.chdir(tmp_path)  # a relative runs_dir, as `python -m wanlite.pipeline` uses (runs/)
+    params["data"] = os.path.relpath(params["data"], tmp_path)  # relative to here, not to notebooks/
     result = run_pipeline("tiny", params, runs_dir=".", only=["01", "02", "03", "04", "05"], progress_every=1)
     out = capsys.readouterr().out
     run = tmp_path / "tiny"
@@ -110,7 +112,7 @@ def test_the_notebooks_run_a_real_teacher_end_to_end(real, tmp_path, capsys, mon
 
     # 01 calibrated on the latents cache and recorded the recipe
     asked = json.loads((run / "recipe.json").read_text())["asked"]
-    assert asked["data"] == params["data"] and asked["num_heads"] == 1
+    assert asked["data"] == str(real["root"] / "data") and asked["num_heads"] == 1  # made absolute for the kernel
     executed01 = (run / "01_init_from_teacher.ipynb").read_text()
     assert "calibration batch: latents of" in executed01 and "WARNING" not in executed01
 
@@ -152,6 +154,28 @@ def test_a_distillation_of_another_student_is_refused(tmp_path):
     other = WanLiteStudent.from_teacher(teacher, Recipe(num_blocks=2, width_selection="magnitude"))
     with pytest.raises(DestinationExistsError, match="another student.*Fix: a new run name"):
         runs.claim_distill(tmp_path, other)
+
+
+def test_02_starts_from_a_distilled_student_of_the_same_recipe_only(tmp_path):
+    from wanlite.compress import Recipe, WanLiteStudent
+    from wanlite.errors import ConfigError
+
+    teacher = random_wan(tiny_spec(num_layers=2), seed=0)
+    recipe = Recipe(num_blocks=1, width_selection="magnitude")
+    WanLiteStudent.from_teacher(teacher, recipe).save_pretrained(tmp_path / "run" / runs.STUDENT_INIT)
+    trained = WanLiteStudent.from_teacher(teacher, recipe)
+    with torch.no_grad():
+        trained.proj_out.weight.add_(1.0)  # stands for a distilled student of the same recipe
+    trained.save_pretrained(tmp_path / "guided")
+    assert torch.equal(runs.initial_student(tmp_path / "run").proj_out.weight, trained.proj_out.weight - 1.0)
+    started = runs.initial_student(tmp_path / "run", start_from=str(tmp_path / "guided"))
+    assert torch.equal(started.proj_out.weight, trained.proj_out.weight)
+    other = WanLiteStudent.from_teacher(teacher, Recipe(num_blocks=2, width_selection="magnitude"))
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(ConfigError, match="pruned differently.*Fix: start from a student of this run's recipe"):
+        runs.initial_student(tmp_path / "run", start_from=str(tmp_path / "other"))
+    with pytest.raises(ConfigError, match="no student there"):
+        runs.initial_student(tmp_path / "run", start_from=str(tmp_path / "nothing"))
 
 
 def test_overwrite_replaces_the_old_recipes_artifacts(tmp_path):

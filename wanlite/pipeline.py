@@ -91,6 +91,28 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+# parameters that name files: a relative one that exists here is made absolute, since papermill runs each notebook
+# with its cwd in notebooks/ (a Hub id, or a path that does not exist here, is passed as given)
+PATH_PARAMETERS = {
+    "teacher_path",
+    "data",
+    "prompts_cache",
+    "text_encoder",
+    "vae",
+    "models",
+    "videos",
+    "captions",
+    "start_from",
+    "comfyui_root",
+}
+
+
+def _absolute(value):
+    if isinstance(value, str) and value and not Path(value).is_absolute() and Path(value).exists():
+        return str(Path(value).resolve())
+    return value
+
+
 def load_params(path) -> dict:
     """Parameters from a YAML file (a flat mapping: name -> value)."""
     path = Path(path)
@@ -123,6 +145,7 @@ def run_pipeline(
     values = load_params(params) if isinstance(params, (str, Path)) else dict(params or {})
     run_dir = Path(runs_dir) / run
     run_dir.mkdir(parents=True, exist_ok=True)
+    values = {k: _absolute(v) if k in PATH_PARAMETERS else v for k, v in values.items()}
     values["run_dir"] = str(run_dir.resolve())
     result = PipelineResult(run_dir)
     books = sorted(Path(notebooks).glob("0*_*.ipynb"))

@@ -115,6 +115,32 @@ def load_student(run_dir, teacher_path: str = "", device="cpu", initial: bool = 
     return student.to(device)
 
 
+def initial_student(run_dir, teacher_path: str = "", start_from: str = "", device="cpu", torch_dtype=None):
+    """The student 02 trains: 01's student_init, or `start_from`, a distilled student of the same recipe (e.g. a
+    `guided` one that `dmd` refines: a two-stage recipe). A student of another recipe is refused: its weights
+    would not be what this run's recipe.json, pruning record and comparisons describe."""
+    from .compress import WanLiteStudent
+    from .errors import ConfigError
+
+    student = load_student(run_dir, teacher_path, device=device, initial=True, torch_dtype=torch_dtype)
+    if not start_from:
+        return student
+    if not (Path(start_from) / "config.json").is_file():
+        raise ConfigError(
+            f"start_from={start_from}: no student there (no config.json). Fix: give a run's student/ "
+            "directory, e.g. runs/<run>/student, or leave start_from empty to start from 01's student_init."
+        )
+    given = WanLiteStudent.from_pretrained(start_from, device=device, torch_dtype=torch_dtype)
+    if given.pruning != student.pruning:
+        raise ConfigError(
+            f"start_from={start_from}: that student was pruned differently ({given.pruning}) from this run's "
+            f"({student.pruning}). Fix: start from a student of this run's recipe, or run its recipe under "
+            "its own run name."
+        )
+    print(f"starting from {start_from} ({given.sampling or 'no sampling record'})")
+    return given
+
+
 RECIPE, ORIGIN = "recipe.json", "origin.json"  # run_dir/recipe.json (01), run_dir/distill/origin.json (02)
 DERIVED = (STUDENT_INIT, DISTILL, EXPORT, COMPARE, RECIPE, "init_report.json")  # what a recipe's student made
 
