@@ -273,7 +273,8 @@ def test_command_line_builds_the_student_from_a_recipe_and_resumes_with_one_flag
         val_every=0,
         progress=False,
     ).to_yaml(config)
-    assert main(["--config", str(config), "--set", "steps=2"]) == 0
+    assert main(["--config", str(config), "--set", "steps=2", "w_feat=0.2"]) == 0  # several after one --set
+    assert DistillConfig.from_yaml(tmp_path / "run" / "config.yaml").w_feat == 0.2
     student = load_wan(tmp_path / "run" / "student")
     assert (student.config.num_layers, student.config.num_attention_heads, student.config.ffn_dim) == (1, 1, 256)
     assert main(["--config", str(config)]) == 2  # the run exists: refuse rather than overwrite

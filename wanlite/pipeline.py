@@ -202,7 +202,12 @@ def main(argv=None) -> int:
         "--progress-every", type=float, default=60.0, help="seconds between console progress lines (default 60)"
     )
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a parameter (a YAML value)"
+        "--set",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter (a YAML value); several: --set a=1 b=2, or --set a=1 --set b=2",
     )
     args = parser.parse_args(argv)
     try:

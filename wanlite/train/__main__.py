@@ -19,7 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's newest checkpoint")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (a YAML value)"
+        "--set",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (a YAML value); several: --set a=1 b=2, or --set a=1 --set b=2",
     )
     args = parser.parse_args(argv)
     try:
