@@ -285,3 +285,49 @@ def test_compare_cli_takes_a_prompts_cache_and_labels_random_contexts_as_such(re
     assert metrics["prompts"] == ["random context #0", "random context #1"]
     assert any(n.startswith("WARNING: no prompt embeddings") for n in metrics["notes"])
     assert "random context #0" in (tmp_path / "random" / "report.md").read_text()
+
+
+# ---------------------------------------------------------------- hostile input: clear errors, nothing written
+def test_a_missing_or_edited_pruning_sidecar_is_a_clear_error_and_comfyui_still_loads_the_file(
+    tmp_path, monkeypatch, capsys
+):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from wanlite.cli import main
+    from wanlite.compress import Recipe, WanLiteStudent
+    from wanlite.errors import FormatError
+    from wanlite.formats import comfy, load_wan, records, save_wan
+
+    monkeypatch.setattr(records, "INLINE_LIMIT", 500)  # this student's compact record is ~1 KB: a sidecar
+    teacher = random_wan(tiny_spec(num_layers=2), seed=0)
+    student = WanLiteStudent.from_teacher(teacher, Recipe(num_heads=1, ffn_dim=256, width_selection="magnitude"))
+    export = save_wan(student, tmp_path / "s.safetensors", layout="comfyui")
+    sidecar = tmp_path / "s.pruning.json"
+    record = sidecar.read_text()
+
+    sidecar.unlink()  # the weights copied alone
+    with pytest.raises(FormatError, match=r"s\.pruning\.json beside the weights.*missing\. Fix: copy s\.pruning"):
+        load_wan(export.path)
+    assert comfy.check(export.path).ok  # ComfyUI never reads it: the file still loads as Wan
+    assert main(["inspect", str(export.path)]) == 2
+    out, err = capsys.readouterr()
+    assert "512 -> 256" in out and "ComfyUI" in out  # the summary and the verdict still show
+    assert "s.pruning.json" in err and "Fix:" in err
+
+    sidecar.write_text(record[: len(record) // 2])  # cut short
+    with pytest.raises(FormatError, match=r"s\.pruning\.json is not a valid pruning record.*Fix: restore"):
+        load_wan(export.path)
+
+    sidecar.write_text(record)
+    with safe_open(str(export.path), framework="pt") as f:
+        metadata = f.metadata()
+    entry = json.loads(metadata["wanlite.pruning"])
+    (tmp_path / "sub").mkdir()
+    save_file(
+        load_file(export.path),
+        tmp_path / "sub" / "t.safetensors",
+        {**metadata, "wanlite.pruning": json.dumps({**entry, "file": "../s.pruning.json"})},
+    )
+    with pytest.raises(FormatError, match="not a file name beside the weights"):  # never read from elsewhere
+        load_wan(tmp_path / "sub" / "t.safetensors")
