@@ -331,3 +331,28 @@ def test_a_missing_or_edited_pruning_sidecar_is_a_clear_error_and_comfyui_still_
     )
     with pytest.raises(FormatError, match="not a file name beside the weights"):  # never read from elsewhere
         load_wan(tmp_path / "sub" / "t.safetensors")
+
+
+def test_bad_progress_intervals_and_unknown_notebooks_are_refused_before_anything_is_written(
+    tmp_path, monkeypatch, capsys
+):
+    from wanlite.errors import ConfigError
+    from wanlite.pipeline import Progress, main
+
+    monkeypatch.chdir(tmp_path)
+    for bad in ("0", "-5", "nan", "inf"):
+        assert main(["--run", "x", "--progress-every", bad]) == 2, bad
+        assert "--progress-every" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="a number above 0"):
+        run_pipeline("x", {}, runs_dir=tmp_path / "runs", progress_every=0)
+    assert main(["--run", "x", "--only", "07"]) == 2
+    assert "--only 07: no notebook" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+    metrics = tmp_path / "metrics.jsonl"
+    watch = Progress("02_distill", metrics, 100, every=60)
+    assert watch.line().endswith("running")  # no metrics.jsonl yet
+    metrics.write_bytes(b'{"step": 3}\n{"step": 4, "note": "\xc3')  # a line being written, cut mid-character
+    assert "step 3/100" in watch.line()
+    metrics.write_bytes(b"")
+    assert watch.line().endswith("running")
