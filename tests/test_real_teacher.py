@@ -154,6 +154,13 @@ def test_a_distillation_of_another_student_is_refused(tmp_path):
     other = WanLiteStudent.from_teacher(teacher, Recipe(num_blocks=2, width_selection="magnitude"))
     with pytest.raises(DestinationExistsError, match="another student.*Fix: a new run name"):
         runs.claim_distill(tmp_path, other)
+    # a distillation begun before origin.json existed: the pruning.json `distill` wrote tells whose it is
+    (tmp_path / "distill" / "origin.json").unlink()
+    (tmp_path / "distill" / "pruning.json").write_text(first.pruning.to_json())
+    with pytest.raises(DestinationExistsError, match="another student.*pruning.json"):
+        runs.claim_distill(tmp_path, other)
+    runs.claim_distill(tmp_path, first)
+    assert json.loads((tmp_path / "distill" / "origin.json").read_text())["student"] == first.pruning.sha256()
 
 
 def test_overwrite_replaces_the_old_recipes_artifacts(tmp_path):
@@ -333,6 +340,8 @@ def test_a_cache_that_does_not_fit_the_teacher_is_refused_naming_it(real, tmp_pa
         runs.conditioning(teacher, path, PROMPTS, text_encoder=str(tmp_path / "no" / "umt5"))
     with pytest.raises(ConfigError, match="prompts is empty.*Fix: give the prompts"):
         runs.conditioning(teacher, path, [], text_encoder=str(real["models"]))
+    with pytest.raises(ConfigError, match="prompts='a cat': expected a list of prompts.*Fix: a YAML list"):
+        runs.conditioning(teacher, path, "a cat", prompts_cache=prompts)  # `--set prompts="a cat"`: not 5 letters
 
 
 def test_compare_cli_refuses_bad_conditioning_with_exit_2_and_writes_nothing(real, tmp_path, capsys):

@@ -200,6 +200,11 @@ def conditioning(
     from . import toy
     from .formats import spec_of
 
+    if isinstance(prompts, (str, bytes)):  # e.g. --set prompts="a cat": a string would be read letter by letter
+        raise ConfigError(
+            f"prompts={prompts!r}: expected a list of prompts, got one string. Fix: a YAML list, e.g. "
+            f"prompts: [{prompts!r}] (or --set 'prompts=[\"{prompts}\"]')."
+        )
     prompts = list(prompts)
     if is_toy(teacher_path):
         if not prompts:

@@ -194,18 +194,24 @@ def record_student(run_dir, recipe) -> None:
 
 def claim_distill(run_dir, student) -> None:
     """02: a distillation belongs to the student it started from (its pruning record's hash, in
-    distill/origin.json); a run whose student has changed since is refused, never resumed into."""
+    distill/origin.json; for a run older than origin.json, the pruning.json `distill` wrote); a run whose student
+    has changed since is refused, never resumed into."""
     from .errors import DestinationExistsError
+    from .formats import Pruning
 
     folder = Path(run_dir) / DISTILL
     pruning = getattr(student, "pruning", None)
     origin = {"student": pruning.sha256() if pruning is not None else None, "spec": str(student.spec)}
-    saved = folder / ORIGIN
-    if saved.is_file() and json.loads(saved.read_text()) != origin:
+    saved, record = folder / ORIGIN, folder / "pruning.json"
+    before = json.loads(saved.read_text()) if saved.is_file() else None
+    if before is None and record.is_file():  # a distillation begun before origin.json existed
+        before = {"student": Pruning.from_json(record.read_text()).sha256(), "spec": "its pruning.json's student"}
+        before = before if before["student"] != origin["student"] else origin
+    if before is not None and before != origin:
         raise DestinationExistsError(
-            f"{folder}: this distillation started from another student ({json.loads(saved.read_text())['spec']}; "
-            f"now {origin['spec']}); resuming would load its checkpoints into a different network. Fix: a new run "
-            "name (--run NAME, or run_dir), or rebuild with 01's overwrite=True (it removes distill/)."
+            f"{folder}: this distillation started from another student ({before['spec']}; now {origin['spec']}); "
+            "resuming would load its checkpoints into a different network. Fix: a new run name (--run NAME, or "
+            "run_dir), or rebuild with 01's overwrite=True (it removes distill/)."
         )
     folder.mkdir(parents=True, exist_ok=True)
     _write_atomic(saved, json.dumps(origin) + "\n")
