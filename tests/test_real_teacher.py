@@ -313,6 +313,9 @@ def test_a_cache_that_does_not_fit_the_teacher_is_refused_naming_it(real, tmp_pa
         runs.conditioning(narrow, "teacher", PROMPTS, prompts_cache=prompts)
     with pytest.raises(ConfigError, match="data=.*4096 wide.*text_dim is 2048"):
         runs.prompt_batch(narrow, "teacher", 2, data=data)
+    with pytest.raises(ConfigError, match="prompts_cache=.*4096 wide.*text_dim is 2048"):
+        runs.check_data(prompts, "prompts_cache", narrow)  # 02, before training on it
+    assert len(runs.check_data(data, "data", teacher)) == 6
     with pytest.raises(ConfigError, match="data=.*16 channels.*takes 48.*another VAE"):
         runs.prompt_batch(random_wan(tiny_spec("ti2v")), "teacher", 2, data=data)  # Wan2.2's 48-channel latents
     with pytest.raises(ConfigError, match="data=.*a 'prompts' cache.*give it as prompts_cache"):

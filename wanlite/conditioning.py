@@ -93,7 +93,7 @@ def open_cache(path, kinds: tuple[str, ...], field: str, spec=None):
             f"{' or '.join(kinds)} cache. {fix}"
         )
     if spec is not None:
-        width = (cache.shapes.get("context") or [0])[-1]
+        width = (cache.shapes.get("context") or [spec.text_dim])[-1]
         if width != spec.text_dim:
             raise ConfigError(
                 f"{field}={path}: its contexts are {width} wide (manifest.json 'shapes'), the teacher's text_dim "

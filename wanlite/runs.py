@@ -106,6 +106,15 @@ def prompt_batch(
     return noise_batch(spec, context, frames=frames, height=size, width=size, seed=seed)
 
 
+def check_data(path, field: str, teacher):
+    """02: the cache it trains on (`data` or `prompts_cache`), opened and checked against the teacher (text width,
+    latent channels) before any model is trained on it; a ConfigError naming the parameter and the fix if not."""
+    from .formats import spec_of
+    from .train.data import KINDS
+
+    return open_cache(path, KINDS, field, spec_of(teacher))
+
+
 def load_student(run_dir, teacher_path: str = "", device="cpu", initial: bool = False, torch_dtype=None):
     """The newest student of a run: distilled (02), else pruned (01), else a default half-depth student built
     from the teacher now (so a later notebook runs alone). `initial` skips the distilled one."""
