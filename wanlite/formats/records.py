@@ -343,7 +343,7 @@ def pruning_from_metadata(value: str | None, folder=None, where: str = "metadata
             raise FormatError(
                 f"{where}: its pruning record ({entry.get('summary')}) is not in the metadata (it is larger than "
                 f"{INLINE_LIMIT} bytes) but in {name} beside the weights, and {beside} is missing. Fix: copy {name} "
-                "from the export it came with (save_wan writes it beside the weights) next to them."
+                "from the export it came with next to them, or export the student again (save_wan writes both)."
             )
         pruning = Pruning.from_json(beside.read_text())
     except (ValueError, TypeError, KeyError, AttributeError) as err:  # JSONDecodeError is a ValueError
