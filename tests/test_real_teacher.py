@@ -142,6 +142,14 @@ def test_the_notebooks_run_a_real_teacher_end_to_end(real, tmp_path, capsys):
     assert inspect_wan(run / "student_init").spec.num_heads == 1  # untouched
     assert (run / "distill" / "checkpoints").is_dir()  # and the old run's checkpoints are still there
 
+    # overwrite with a mistyped prompts cache: refused before the old run is cleared, not after
+    typo = {**params, "num_heads": 2, "overwrite": True, "data": "", "prompts_cache": str(tmp_path / "typo")}
+    with pytest.raises(WanliteError, match="01_init_from_teacher.ipynb failed.*ConfigError"):
+        run_pipeline("tiny", typo, runs_dir=tmp_path, only=["01"])
+    assert "prompts_cache=" in (run / "01_init_from_teacher.ipynb").read_text()
+    assert inspect_wan(run / "student_init").spec.num_heads == 1 and (run / "distill" / "checkpoints").is_dir()
+    assert json.loads((run / "recipe.json").read_text())["asked"] == asked
+
 
 def test_a_distillation_of_another_student_is_refused(tmp_path):
     from wanlite.compress import Recipe, WanLiteStudent
@@ -345,6 +353,19 @@ def test_a_cache_that_does_not_fit_the_teacher_is_refused_naming_it(real, tmp_pa
         runs.conditioning(teacher, path, [], text_encoder=str(real["models"]))
     with pytest.raises(ConfigError, match="prompts='a cat': expected a list of prompts.*Fix: a YAML list"):
         runs.conditioning(teacher, path, "a cat", prompts_cache=prompts)  # `--set prompts="a cat"`: not 5 letters
+
+    # 01 checks the same, from the teacher's spec alone, before it claims the run
+    spec = runs.teacher_spec(path)
+    runs.check_sources(spec, data=data)
+    runs.check_sources(spec, prompts_cache=prompts, prompts=PROMPTS)
+    for bad, message in (
+        (dict(data=prompts), "a 'prompts' cache"),
+        (dict(prompts_cache=prompts, prompts=["a dog"]), "no embedding for"),
+        (dict(text_encoder=str(tmp_path / "no" / "umt5"), prompts=PROMPTS), "no such folder"),
+        (dict(text_encoder=str(real["models"])), "prompts is empty"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            runs.check_sources(spec, **bad)
 
 
 def test_compare_cli_refuses_bad_conditioning_with_exit_2_and_writes_nothing(real, tmp_path, capsys):

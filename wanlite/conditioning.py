@@ -152,10 +152,9 @@ def _cached(spec, prompts: list[str], prompts_cache) -> Conditioning:
     )
 
 
-def _live(spec, prompts: list[str], text_encoder, negative_prompt, device) -> Conditioning:
-    """`prompts` through umT5 at `text_encoder` (a Diffusers Wan directory or Hub id, or its text_encoder/)."""
+def _text_encoder_path(text_encoder, prompts: list[str]) -> Path:
+    """`text_encoder` as a path, once it is known to be a folder or a Hub id and there are prompts to encode."""
     from .formats import hub
-    from .train.encoders import WAN_NEGATIVE, load_encoders
 
     folder = Path(text_encoder).expanduser()
     if not folder.exists() and not hub.is_repo_id(text_encoder):
@@ -166,6 +165,36 @@ def _live(spec, prompts: list[str], text_encoder, negative_prompt, device) -> Co
         )
     if not prompts:
         raise ConfigError(f"text_encoder={text_encoder} is set but prompts is empty. Fix: give the prompts to encode.")
+    return folder
+
+
+def _prompt_list(prompts) -> list[str]:
+    if isinstance(prompts, (str, bytes)):  # e.g. --set prompts="a cat": a string would be read letter by letter
+        raise ConfigError(
+            f"prompts={prompts!r}: expected a list of prompts, got one string. Fix: a YAML list, e.g. "
+            f"prompts: [{prompts!r}] (or --set 'prompts=[\"{prompts}\"]')."
+        )
+    return list(prompts)
+
+
+def check_sources(spec, data="", prompts_cache="", text_encoder="", prompts: Sequence[str] = ()) -> None:
+    """What a real teacher's contexts will come from (as `conditioning` and `prompt_batch` pick: `data`, else
+    `prompts_cache`, else `text_encoder`), checked against its `spec` without loading a model: 01 calls it before
+    it claims the run, so a bad path never follows an overwrite that has already cleared the old run."""
+    prompts = _prompt_list(prompts)
+    if data:
+        open_cache(data, ("latents",), "data", spec)
+    elif prompts_cache:
+        _cached(spec, prompts, prompts_cache)
+    elif text_encoder:
+        _text_encoder_path(text_encoder, prompts)
+
+
+def _live(spec, prompts: list[str], text_encoder, negative_prompt, device) -> Conditioning:
+    """`prompts` through umT5 at `text_encoder` (a Diffusers Wan directory or Hub id, or its text_encoder/)."""
+    from .train.encoders import WAN_NEGATIVE, load_encoders
+
+    folder = _text_encoder_path(text_encoder, prompts)
     whole = not (folder / "config.json").is_file()  # a Diffusers Wan directory / Hub id, not text_encoder/
     encoders = load_encoders(
         text_encoder if whole else None,
@@ -200,12 +229,7 @@ def conditioning(
     from . import toy
     from .formats import spec_of
 
-    if isinstance(prompts, (str, bytes)):  # e.g. --set prompts="a cat": a string would be read letter by letter
-        raise ConfigError(
-            f"prompts={prompts!r}: expected a list of prompts, got one string. Fix: a YAML list, e.g. "
-            f"prompts: [{prompts!r}] (or --set 'prompts=[\"{prompts}\"]')."
-        )
-    prompts = list(prompts)
+    prompts = _prompt_list(prompts)
     if is_toy(teacher_path):
         if not prompts:
             raise ConfigError("prompts is empty: the toy teacher samples captions. Fix: give prompts (toy captions).")

@@ -27,6 +27,7 @@ from .conditioning import (  # noqa: F401  (runs.conditioning & co: the names th
     RANDOM_NOTE,
     Conditioning,
     cache_captions,
+    check_sources,
     conditioning,
     fit_text_len,
     is_toy,
@@ -214,8 +215,8 @@ def claim_distill(run_dir, student) -> None:
     saved, record = folder / ORIGIN, folder / "pruning.json"
     before = json.loads(saved.read_text()) if saved.is_file() else None
     if before is None and record.is_file():  # a distillation begun before origin.json existed
-        before = {"student": Pruning.from_json(record.read_text()).sha256(), "spec": "its pruning.json's student"}
-        before = before if before["student"] != origin["student"] else origin
+        sha = Pruning.from_json(record.read_text()).sha256()
+        before = origin if sha == origin["student"] else {"student": sha, "spec": "the student of its pruning.json"}
     if before is not None and before != origin:
         raise DestinationExistsError(
             f"{folder}: this distillation started from another student ({before['spec']}; now {origin['spec']}); "
