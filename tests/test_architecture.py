@@ -20,6 +20,7 @@ LAYERS = {
     "train": 4,
     "toy": 4,
     "cli": 5,
+    "conditioning": 5,
     "pipeline": 5,
     "runs": 5,
     "testing": 5,

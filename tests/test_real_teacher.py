@@ -67,12 +67,14 @@ def test_contexts_are_the_encoders_embeddings_of_each_prompt(real, capsys):
     teacher = load_wan(real["teacher"])
     path = str(real["teacher"])
     cached = runs.conditioning(teacher, path, PROMPTS, prompts_cache=real["root"] / "prompts")
-    direct = real["encoders"].text(PROMPTS)
-    torch.testing.assert_close(cached.contexts, direct)
+    direct = real["encoders"].text(PROMPTS)  # the cache was encoded with 16 tokens, the teacher takes 512
+    assert cached.contexts.shape == (2, 512, 4096) and cached.negative.shape == (1, 512, 4096)
+    torch.testing.assert_close(cached.contexts[:, :16], direct)
+    assert not cached.contexts[:, 16:].any()  # zero padding, as Wan's pipelines pad umT5's output
     assert cached.labels == PROMPTS and not cached.random
     assert not torch.allclose(cached.contexts[0], cached.contexts[1])  # each prompt its own embedding
     one = runs.conditioning(teacher, path, PROMPTS[::-1], prompts_cache=real["root"] / "prompts")
-    torch.testing.assert_close(one.contexts, direct.flip(0))  # picked by caption, not by position
+    torch.testing.assert_close(one.contexts, cached.contexts.flip(0))  # picked by caption, not by position
 
     live = runs.conditioning(teacher, path, ["a blue dog on sand", "a cat"], text_encoder=str(real["models"]))
     assert live.contexts.shape[1] == 512  # padded to the teacher's text_len, as Wan's pipelines do
@@ -81,6 +83,7 @@ def test_contexts_are_the_encoders_embeddings_of_each_prompt(real, capsys):
     full = load_encoders(real["models"], device="cpu", need_vae=False)  # 512 tokens, like the teacher's text_len
     torch.testing.assert_close(live.contexts, full.text(["a blue dog on sand", "a cat"]))
     torch.testing.assert_close(live.negative, full.text([WAN_NEGATIVE]))
+    torch.testing.assert_close(cached.contexts, full.text(PROMPTS))  # the padded cache = umT5 at 512 tokens
     other = runs.conditioning(teacher, path, ["the street", "rain at night"], text_encoder=str(real["models"]))
     assert not torch.allclose(live.contexts, other.contexts)  # two prompt lists of one length differ
 
@@ -142,6 +145,14 @@ def test_the_notebooks_run_a_real_teacher_end_to_end(real, tmp_path, capsys, mon
     assert inspect_wan(run / "student_init").spec.num_heads == 1  # untouched
     assert (run / "distill" / "checkpoints").is_dir()  # and the old run's checkpoints are still there
 
+    # overwrite with a mistyped prompts cache: refused before the old run is cleared, not after
+    typo = {**params, "num_heads": 2, "overwrite": True, "data": "", "prompts_cache": str(tmp_path / "typo")}
+    with pytest.raises(WanliteError, match="01_init_from_teacher.ipynb failed.*ConfigError"):
+        run_pipeline("tiny", typo, runs_dir=tmp_path, only=["01"])
+    assert "prompts_cache=" in (run / "01_init_from_teacher.ipynb").read_text()
+    assert inspect_wan(run / "student_init").spec.num_heads == 1 and (run / "distill" / "checkpoints").is_dir()
+    assert json.loads((run / "recipe.json").read_text())["asked"] == asked
+
 
 def test_a_distillation_of_another_student_is_refused(tmp_path):
     from wanlite.compress import Recipe, WanLiteStudent
@@ -154,6 +165,13 @@ def test_a_distillation_of_another_student_is_refused(tmp_path):
     other = WanLiteStudent.from_teacher(teacher, Recipe(num_blocks=2, width_selection="magnitude"))
     with pytest.raises(DestinationExistsError, match="another student.*Fix: a new run name"):
         runs.claim_distill(tmp_path, other)
+    # a distillation begun before origin.json existed: the pruning.json `distill` wrote tells whose it is
+    (tmp_path / "distill" / "origin.json").unlink()
+    (tmp_path / "distill" / "pruning.json").write_text(first.pruning.to_json())
+    with pytest.raises(DestinationExistsError, match="another student.*pruning.json"):
+        runs.claim_distill(tmp_path, other)
+    runs.claim_distill(tmp_path, first)
+    assert json.loads((tmp_path / "distill" / "origin.json").read_text())["student"] == first.pruning.sha256()
 
 
 def test_02_starts_from_a_distilled_student_of_the_same_recipe_only(tmp_path):
@@ -162,12 +180,13 @@ def test_02_starts_from_a_distilled_student_of_the_same_recipe_only(tmp_path):
 
     teacher = random_wan(tiny_spec(num_layers=2), seed=0)
     recipe = Recipe(num_blocks=1, width_selection="magnitude")
-    WanLiteStudent.from_teacher(teacher, recipe).save_pretrained(tmp_path / "run" / runs.STUDENT_INIT)
+    init = WanLiteStudent.from_teacher(teacher, recipe)
+    init.save_pretrained(tmp_path / "run" / runs.STUDENT_INIT)
     trained = WanLiteStudent.from_teacher(teacher, recipe)
     with torch.no_grad():
         trained.proj_out.weight.add_(1.0)  # stands for a distilled student of the same recipe
     trained.save_pretrained(tmp_path / "guided")
-    assert torch.equal(runs.initial_student(tmp_path / "run").proj_out.weight, trained.proj_out.weight - 1.0)
+    assert torch.equal(runs.initial_student(tmp_path / "run").proj_out.weight, init.proj_out.weight)
     started = runs.initial_student(tmp_path / "run", start_from=str(tmp_path / "guided"))
     assert torch.equal(started.proj_out.weight, trained.proj_out.weight)
     other = WanLiteStudent.from_teacher(teacher, Recipe(num_blocks=2, width_selection="magnitude"))
@@ -310,3 +329,199 @@ def test_compare_cli_takes_a_prompts_cache_and_labels_random_contexts_as_such(re
     assert metrics["prompts"] == ["random context #0", "random context #1"]
     assert any(n.startswith("WARNING: no prompt embeddings") for n in metrics["notes"])
     assert "random context #0" in (tmp_path / "random" / "report.md").read_text()
+
+
+# ---------------------------------------------------------------- hostile input: clear errors, nothing written
+def test_a_cache_that_does_not_fit_the_teacher_is_refused_naming_it(real, tmp_path):
+    import re
+
+    from wanlite import toy
+    from wanlite.errors import ConfigError
+    from wanlite.formats import load_wan
+    from wanlite.train.encode import encode, load_encoders
+
+    teacher, path = load_wan(real["teacher"]), str(real["teacher"])
+    prompts, data = real["root"] / "prompts", real["root"] / "data"
+    narrow = random_wan(tiny_spec(text_dim=2048))  # a teacher of another text width
+    with pytest.raises(ConfigError, match="prompts_cache=.*4096 wide.*text_dim is 2048.*Fix: write one"):
+        runs.conditioning(narrow, "teacher", PROMPTS, prompts_cache=prompts)
+    with pytest.raises(ConfigError, match="data=.*4096 wide.*text_dim is 2048"):
+        runs.prompt_batch(narrow, "teacher", 2, data=data)
+    with pytest.raises(ConfigError, match="prompts_cache=.*4096 wide.*text_dim is 2048"):
+        runs.check_data(prompts, "prompts_cache", narrow)  # 02, before training on it
+    assert len(runs.check_data(data, "data", teacher)) == 6
+    with pytest.raises(ConfigError, match="data=.*16 channels.*takes 48.*another VAE"):
+        runs.prompt_batch(random_wan(tiny_spec("ti2v")), "teacher", 2, data=data)  # Wan2.2's 48-channel latents
+    with pytest.raises(ConfigError, match="data=.*a 'prompts' cache.*give it as prompts_cache"):
+        runs.prompt_batch(teacher, path, 2, data=prompts)  # a prompts cache holds no latents
+    for nothing in (tmp_path / "nothing", real["models"]):  # no such folder; a model folder, not a cache
+        with pytest.raises(ConfigError, match=re.escape(f"prompts_cache={nothing}: ") + ".*no manifest.json"):
+            runs.conditioning(teacher, path, PROMPTS, prompts_cache=nothing)
+
+    # a latents cache carries its captions' embeddings: usable as prompts_cache, rows named by its captions
+    from_data = runs.conditioning(teacher, path, [], prompts_cache=data)
+    assert from_data.labels == toy.captions()[:6] and from_data.contexts.shape == (6, 512, 4096)
+    batch = runs.prompt_batch(teacher, path, 2, data=data)
+    torch.testing.assert_close(batch["context"], from_data.contexts[:2])  # calibration sees the same contexts
+
+    # longer than the teacher's 512 tokens: cut only when what goes is padding
+    encoders = load_encoders(real["models"], device="cpu", need_vae=False, text_length=520)
+    long = tmp_path / "long"
+    encode(long, encoders, prompts=["a cat", " ".join(["rain"] * 515)], progress=False, log=lambda line: None)
+    fits = runs.conditioning(teacher, path, ["a cat"], prompts_cache=long)
+    torch.testing.assert_close(fits.contexts, encoders.text(["a cat"])[:, :512])
+    with pytest.raises(ConfigError, match="tokens past 512.*Fix: encode them again with --text-length 512"):
+        runs.conditioning(teacher, path, [], prompts_cache=long)
+
+    with pytest.raises(ConfigError, match="text_encoder=.*no such folder, and not a Hub id.*Fix:"):
+        runs.conditioning(teacher, path, PROMPTS, text_encoder=str(tmp_path / "no" / "umt5"))
+    with pytest.raises(ConfigError, match="prompts is empty.*Fix: give the prompts"):
+        runs.conditioning(teacher, path, [], text_encoder=str(real["models"]))
+    with pytest.raises(ConfigError, match="prompts='a cat': expected a list of prompts.*Fix: a YAML list"):
+        runs.conditioning(teacher, path, "a cat", prompts_cache=prompts)  # `--set prompts="a cat"`: not 5 letters
+
+    # 01 checks the same, from the teacher's spec alone, before it claims the run
+    spec = runs.teacher_spec(path)
+    runs.check_sources(spec, data=data)
+    runs.check_sources(spec, prompts_cache=prompts, prompts=PROMPTS)
+    for bad, message in (
+        (dict(data=prompts), "a 'prompts' cache"),
+        (dict(prompts_cache=prompts, prompts=["a dog"]), "no embedding for"),
+        (dict(text_encoder=str(tmp_path / "no" / "umt5"), prompts=PROMPTS), "no such folder"),
+        (dict(text_encoder=str(real["models"])), "prompts is empty"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            runs.check_sources(spec, **bad)
+
+
+def test_compare_cli_refuses_bad_conditioning_with_exit_2_and_writes_nothing(real, tmp_path, capsys):
+    from wanlite.cli import main
+    from wanlite.compress import Recipe, WanLiteStudent
+
+    student = WanLiteStudent.from_teacher(real["teacher"], Recipe(num_blocks=1, width_selection="magnitude"))
+    student.save_pretrained(tmp_path / "student")
+    common = [str(real["teacher"]), str(tmp_path / "student"), "--steps", "2", "--repeats", "1"]
+    cases = {
+        "a cache that is not there": (["--prompts-cache", str(tmp_path / "nope")], "prompts_cache="),
+        "a prompt the cache lacks": (
+            ["--prompts-cache", str(real["root"] / "prompts"), "--prompts", "a dog"],
+            "no embedding for ['a dog']",
+        ),
+        "no umT5 there": (["--text-encoder", str(tmp_path / "no-umt5"), "--prompts", "a cat"], "no such folder"),
+        "prompts for a real Wan, nothing to embed them": (["--prompts", "a cat"], "not a toy-world teacher"),
+    }
+    for case, (extra, message) in cases.items():
+        out = tmp_path / "report"
+        assert main(["compare", *common, *extra, "--out", str(out)]) == 2, case
+        err = capsys.readouterr().err
+        assert message in err and "Fix:" in err, (case, err)
+        assert not out.exists(), case
+
+
+def test_overwrite_removes_only_the_runs_stage_outputs_and_an_interrupted_one_is_never_resumed(tmp_path, monkeypatch):
+    import shutil
+
+    from wanlite.errors import ConfigError
+
+    run, other = tmp_path / "run", tmp_path / "other"
+    for folder in (run, other):
+        assert runs.claim_recipe(folder, {"num_blocks": 1})
+        for name in ("student_init", "distill/checkpoints/step-1", "export/wan", "compare", "data"):
+            (folder / name).mkdir(parents=True)
+        (folder / "student_init" / "config.json").write_text("{}")
+    (run / "notes.txt").write_text("mine")
+    (run / "my_videos").mkdir()
+    (run / "export" / "shared").symlink_to(other / "export", target_is_directory=True)  # a link to another run
+    assert runs.claim_recipe(run, {"num_blocks": 2}, overwrite=True)
+    assert sorted(p.name for p in run.iterdir()) == ["data", "my_videos", "notes.txt", "recipe.json"]
+    assert (other / "export" / "wan").is_dir() and (other / "distill" / "checkpoints" / "step-1").is_dir()
+    assert (other / "student_init" / "config.json").is_file()
+
+    # an overwrite interrupted while deleting: the old distillation is already out of the way, never resumed
+    (run / "distill" / "checkpoints" / "step-1").mkdir(parents=True)
+    (run / "student_init").mkdir()
+    (run / "student_init" / "config.json").write_text("{}")
+
+    def interrupted(path, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(shutil, "rmtree", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            runs.claim_recipe(run, {"num_blocks": 3}, overwrite=True)
+    assert not (run / "distill").exists() and not (run / "student_init").exists()
+    assert json.loads((run / "recipe.json").read_text())["asked"] == {"num_blocks": 3}
+    with pytest.raises(ConfigError, match="recipe.json records this run's recipe.*Fix: run 01 again"):
+        runs.load_student(run, initial=True)  # 02 now: refused, not a default student under this recipe's name
+    assert runs.claim_recipe(run, {"num_blocks": 3})  # 01 again: finishes deleting, then builds its student
+    assert not (run / runs.REMOVING).exists() and (run / "notes.txt").read_text() == "mine"
+
+
+def test_a_missing_or_edited_pruning_sidecar_is_a_clear_error_and_comfyui_still_loads_the_file(
+    tmp_path, monkeypatch, capsys
+):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from wanlite.cli import main
+    from wanlite.compress import Recipe, WanLiteStudent
+    from wanlite.errors import FormatError
+    from wanlite.formats import comfy, load_wan, records, save_wan
+
+    monkeypatch.setattr(records, "INLINE_LIMIT", 500)  # this student's compact record is ~1 KB: a sidecar
+    teacher = random_wan(tiny_spec(num_layers=2), seed=0)
+    student = WanLiteStudent.from_teacher(teacher, Recipe(num_heads=1, ffn_dim=256, width_selection="magnitude"))
+    export = save_wan(student, tmp_path / "s.safetensors", layout="comfyui")
+    sidecar = tmp_path / "s.pruning.json"
+    record = sidecar.read_text()
+
+    sidecar.unlink()  # the weights copied alone
+    with pytest.raises(FormatError, match=r"s\.pruning\.json beside the weights.*missing\. Fix: copy s\.pruning"):
+        load_wan(export.path)
+    assert comfy.check(export.path).ok  # ComfyUI never reads it: the file still loads as Wan
+    assert main(["inspect", str(export.path)]) == 2
+    out, err = capsys.readouterr()
+    assert "512 -> 256" in out and "ComfyUI" in out  # the summary and the verdict still show
+    assert "s.pruning.json" in err and "Fix:" in err
+
+    sidecar.write_text(record[: len(record) // 2])  # cut short
+    with pytest.raises(FormatError, match=r"s\.pruning\.json is not a valid pruning record.*Fix: restore"):
+        load_wan(export.path)
+
+    sidecar.write_text(record)
+    with safe_open(str(export.path), framework="pt") as f:
+        metadata = f.metadata()
+    entry = json.loads(metadata["wanlite.pruning"])
+    (tmp_path / "sub").mkdir()
+    save_file(
+        load_file(export.path),
+        tmp_path / "sub" / "t.safetensors",
+        {**metadata, "wanlite.pruning": json.dumps({**entry, "file": "../s.pruning.json"})},
+    )
+    with pytest.raises(FormatError, match="not a file name beside the weights"):  # never read from elsewhere
+        load_wan(tmp_path / "sub" / "t.safetensors")
+
+
+def test_bad_progress_intervals_and_unknown_notebooks_are_refused_before_anything_is_written(
+    tmp_path, monkeypatch, capsys
+):
+    from wanlite.errors import ConfigError
+    from wanlite.pipeline import Progress, main
+
+    monkeypatch.chdir(tmp_path)
+    for bad in ("0", "-5", "nan", "inf"):
+        assert main(["--run", "x", "--progress-every", bad]) == 2, bad
+        assert "--progress-every" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="a number above 0"):
+        run_pipeline("x", {}, runs_dir=tmp_path / "runs", progress_every=0)
+    assert main(["--run", "x", "--only", "07"]) == 2
+    assert "--only 07: no notebook" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+    metrics = tmp_path / "metrics.jsonl"
+    watch = Progress("02_distill", metrics, 100, every=60)
+    assert watch.line().endswith("running")  # no metrics.jsonl yet
+    metrics.write_bytes(b'{"step": 3}\n{"step": 4, "note": "\xc3')  # a line being written, cut mid-character
+    assert "step 3/100" in watch.line()
+    metrics.write_bytes(b"")
+    assert watch.line().endswith("running")

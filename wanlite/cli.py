@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
 def _inspect(args) -> int:
+    from .errors import FormatError
     from .formats import comfy, inspect_wan
 
     source = inspect_wan(args.path, expert=args.expert, **_hub(args))
     print(repr(source))
-    if source.pruning is not None:
-        pruning = source.pruning
+    try:
+        pruning, problem = source.pruning, None
+    except FormatError as err:  # the record beside the weights is missing or edited: the rest still shows
+        pruning, problem = None, err
+        try:
+            entry = json.loads(source.metadata["wanlite.pruning"])
+        except ValueError:
+            entry = None
+        if isinstance(entry, dict) and entry.get("summary"):
+            print(f"  pruned from its teacher (summary; the record is unreadable): {entry['summary']}")
+    if pruning is not None:
         print(f"  pruned from its teacher: {pruning!r}")
         if args.full:
             print("  pruning record: " + pruning.to_json())
@@ -35,6 +46,9 @@ def _inspect(args) -> int:
             print(f"  - {p}")
         if not problems:
             print(f"  ComfyUI loads one file: wanlite convert {args.path} OUT.safetensors --layout comfyui")
+    if problem is not None:
+        print(f"wanlite inspect: {problem}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from .core.overrides import parse_overrides
-from .errors import WanliteError
+from .errors import ConfigError, WanliteError
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -53,8 +53,8 @@ class Progress(threading.Thread):
         if self.metrics is None:
             return None
         try:
-            lines = self.metrics.read_text().splitlines()
-        except OSError:
+            lines = self.metrics.read_bytes().decode(errors="replace").splitlines()
+        except OSError:  # not written yet (a line caught mid-write fails json below: the one before it counts)
             return None
         for line in reversed(lines):
             try:
@@ -113,6 +113,20 @@ def _absolute(value):
     return value
 
 
+def check_progress_every(seconds) -> float:
+    """The console's progress interval: a finite number of seconds above 0 (0 would print without pause)."""
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not (0 < value < float("inf")):
+        raise ConfigError(
+            f"--progress-every {seconds!r}: expected the seconds between progress lines, a number above 0. "
+            "Fix: e.g. --progress-every 60 (the default)."
+        )
+    return value
+
+
 def load_params(path) -> dict:
     """Parameters from a YAML file (a flat mapping: name -> value)."""
     path = Path(path)
@@ -140,15 +154,22 @@ def run_pipeline(
 
     import papermill as pm
 
+    check_progress_every(progress_every)
     os.environ.setdefault("WANLITE_HEADLESS", "1")  # kernels inherit it: progress bars as text, no live widgets
 
     values = load_params(params) if isinstance(params, (str, Path)) else dict(params or {})
+    books = sorted(Path(notebooks).glob("0*_*.ipynb"))
+    unmatched = [o for o in only or () if not any(b.name.startswith(o) for b in books)]
+    if unmatched:  # before anything is written
+        raise ConfigError(
+            f"--only {' '.join(unmatched)}: no notebook in {notebooks} starts with it (they are "
+            f"{', '.join(b.name for b in books)}). Fix: give prefixes such as 01 02."
+        )
     run_dir = Path(runs_dir) / run
     run_dir.mkdir(parents=True, exist_ok=True)
     values = {k: _absolute(v) if k in PATH_PARAMETERS else v for k, v in values.items()}
     values["run_dir"] = str(run_dir.resolve())
     result = PipelineResult(run_dir)
-    books = sorted(Path(notebooks).glob("0*_*.ipynb"))
     declares = {b: pm.inspect_notebook(str(b)) for b in books}
     known = set().union(*declares.values())  # over every notebook: --only does not make the others' unknown
     if only:
@@ -211,12 +232,16 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        check_progress_every(args.progress_every)
         values = (load_params(args.params) if args.params else {}) | parse_overrides(args.set)
     except WanliteError as err:  # bad input: nothing ran
         print(f"pipeline: {err}", file=sys.stderr)
         return 2
     try:
         print(repr(run_pipeline(args.run, values, only=args.only, progress_every=args.progress_every)))
+    except ConfigError as err:  # bad input, found before any notebook ran
+        print(f"pipeline: {err}", file=sys.stderr)
+        return 2
     except WanliteError as err:
         print(f"pipeline stopped: {err}", file=sys.stderr)
         return 1

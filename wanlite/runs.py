@@ -8,8 +8,9 @@ runs/<run>/
   distill/origin.json   the student 02 started from  export/       wan/, comfyui/, diffusers/ (03)
   compare/              figures, metrics.json, report (05)
 Every notebook reads from here and writes here, so they chain under papermill and each also runs alone.
-Also what the notebooks feed the models: the device (`auto_device`), the text conditioning (`conditioning`: a
-prompts cache, umT5 run now, or seeded random contexts that say so) and calibration batches (`prompt_batch`).
+Also what the notebooks feed the models: the device (`auto_device`), calibration batches (`prompt_batch`) and the
+text conditioning (`runs.conditioning`, from wanlite.conditioning: a prompts cache, umT5 run now, or seeded random
+contexts that say so).
 """
 
 from __future__ import annotations
@@ -22,6 +23,18 @@ from typing import Sequence
 
 import torch
 
+from .conditioning import (  # noqa: F401  (runs.conditioning & co: the names the notebooks use)
+    RANDOM_NOTE,
+    Conditioning,
+    cache_captions,
+    check_sources,
+    conditioning,
+    fit_text_len,
+    is_toy,
+    loud,
+    open_cache,
+    random_conditioning,
+)
 from .evaluate import CompareConfig, Comparison, compare
 
 STUDENT_INIT, DISTILL, EXPORT, COMPARE, DATA = "student_init", "distill", "export", "compare", "data"
@@ -61,10 +74,6 @@ def teacher_spec(teacher_path: str = "", run_dir=None):
     return spec_of(toy.teacher()) if is_toy(teacher_path) else inspect_wan(teacher_path).spec
 
 
-def is_toy(teacher_path: str) -> bool:
-    return teacher_path in ("", "toy")
-
-
 def prompt_batch(
     teacher, teacher_path: str, prompts: int, seed: int = 0, frames: int = 1, size: int = 32, data="", conditioning=None
 ) -> dict:
@@ -83,19 +92,28 @@ def prompt_batch(
             "latents": toy.load_vae().encode(toy.batch(chosen, [seed + i for i in range(prompts)])),
             "context": toy.encode_text(chosen),
         }
+    spec = spec_of(teacher)
     if data:
-        cache = _cache(data, ("latents",), "data")
+        cache = open_cache(data, ("latents",), "data", spec)
         picked = [cache[(seed * prompts + i) % len(cache)] for i in range(min(prompts, len(cache)))]
         return {
             "latents": torch.stack([s["latents"].float() for s in picked]),
-            "context": torch.stack([s["context"].float() for s in picked]),
+            "context": fit_text_len(torch.stack([s["context"].float() for s in picked]), spec, f"data={data}"),
         }
-    spec = spec_of(teacher)
     if conditioning is None:
         conditioning = random_conditioning(spec, prompts, seed)
         conditioning.announce()
     context = conditioning.contexts[[i % len(conditioning.contexts) for i in range(prompts)]]  # cycled if fewer
     return noise_batch(spec, context, frames=frames, height=size, width=size, seed=seed)
+
+
+def check_data(path, field: str, teacher):
+    """02: the cache it trains on (`data` or `prompts_cache`), opened and checked against the teacher (text width,
+    latent channels) before any model is trained on it; a ConfigError naming the parameter and the fix if not."""
+    from .formats import spec_of
+    from .train.data import KINDS
+
+    return open_cache(path, KINDS, field, spec_of(teacher))
 
 
 def load_student(run_dir, teacher_path: str = "", device="cpu", initial: bool = False, torch_dtype=None):
@@ -108,6 +126,14 @@ def load_student(run_dir, teacher_path: str = "", device="cpu", initial: bool = 
     for name in (STUDENT_INIT,) if initial else (STUDENT, STUDENT_INIT):
         if (run_dir / name / "config.json").exists():
             return WanLiteStudent.from_pretrained(run_dir / name, device=device, torch_dtype=torch_dtype)
+    if (run_dir / RECIPE).is_file():  # 01 claimed this run for its recipe: a default student would not be it
+        from .errors import ConfigError
+
+        raise ConfigError(
+            f"{run_dir / RECIPE} records this run's recipe, but {run_dir / STUDENT_INIT} holds no student (01 was "
+            "interrupted, or it was removed): a default student here would run under that recipe's name. Fix: run "
+            "01 again (it builds student_init/), or use a new run name."
+        )
     teacher = load_teacher(teacher_path, run_dir, torch_dtype=torch_dtype)
     recipe = Recipe(num_blocks=max(1, spec_of(teacher).num_layers // 2), width_selection="magnitude")
     student = WanLiteStudent.from_teacher(teacher, recipe)
@@ -142,7 +168,9 @@ def initial_student(run_dir, teacher_path: str = "", start_from: str = "", devic
 
 
 RECIPE, ORIGIN = "recipe.json", "origin.json"  # run_dir/recipe.json (01), run_dir/distill/origin.json (02)
-DERIVED = (STUDENT_INIT, DISTILL, EXPORT, COMPARE, RECIPE, "init_report.json")  # what a recipe's student made
+# what a recipe's student made (an overwrite replaces recipe.json in place); distill/, what is resumed into, first
+DERIVED = (DISTILL, STUDENT_INIT, EXPORT, COMPARE, "init_report.json")
+REMOVING = ".overwrite-removing"  # run_dir/REMOVING: what an overwrite moved aside, deleted at once (or next time)
 
 
 def claim_recipe(run_dir, asked: dict, overwrite: bool = False) -> bool:
@@ -150,10 +178,14 @@ def claim_recipe(run_dir, asked: dict, overwrite: bool = False) -> bool:
     settings) in run_dir/recipe.json. True: build student_init/ now; False: it already holds this recipe's student
     (kept, never silently replaced, `overwrite` or not). A different recipe under the same run is refused (its
     checkpoints would be resumed into the new student); with `overwrite` the old recipe's student, distillation,
-    exports and comparison are removed first (so a leftover `overwrite: true` never wipes a run of the same recipe)."""
+    exports and comparison are removed first (so a leftover `overwrite: true` never wipes a run of the same recipe;
+    nothing else in the run directory is touched). The removal first moves them aside in one rename each, so an
+    interrupted overwrite leaves either the old run or nothing of it, never half a distillation to resume."""
     from .errors import DestinationExistsError
 
     run = Path(run_dir)
+    if (run / REMOVING).exists():  # an overwrite interrupted after moving things aside: finish deleting them
+        shutil.rmtree(run / REMOVING)
     record = run / RECIPE
     before = json.loads(record.read_text()).get("asked") if record.is_file() else None
     held = [name for name in (STUDENT_INIT, DISTILL) if (run / name).exists()]
@@ -170,38 +202,55 @@ def claim_recipe(run_dir, asked: dict, overwrite: bool = False) -> bool:
             "distill/, export/ and compare/ and start over."
         )
     removed = [name for name in DERIVED if overwrite and before != asked and (run / name).exists()]
-    for name in removed:
-        shutil.rmtree(run / name) if (run / name).is_dir() else (run / name).unlink()
     if removed:
-        print(f"overwrite: removed {', '.join(removed)} of {run}")
+        (run / REMOVING).mkdir()
+        for name in removed:  # one rename each: atomic, and instant even for a distillation of many GB
+            (run / name).rename(run / REMOVING / name)
     run.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"asked": asked}, indent=1) + "\n")
+    _write_atomic(record, json.dumps({"asked": asked}, indent=1) + "\n")  # until 01 ends: no student to load
+    if removed:
+        shutil.rmtree(run / REMOVING)
+        print(f"overwrite: removed {', '.join(removed)} of {run}")
     return True
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """A small file written whole or not at all (a crash never leaves half a recipe.json)."""
+    from .formats.io import atomic_path
+
+    with atomic_path(path, overwrite=True, is_dir=False) as tmp:
+        tmp.write_text(text)
 
 
 def record_student(run_dir, recipe) -> None:
     """01: the recipe the init report chose, beside what was asked (run_dir/recipe.json)."""
     record = Path(run_dir) / RECIPE
-    record.write_text(json.dumps({**json.loads(record.read_text()), "chosen": recipe.to_dict()}, indent=1) + "\n")
+    _write_atomic(record, json.dumps({**json.loads(record.read_text()), "chosen": recipe.to_dict()}, indent=1) + "\n")
 
 
 def claim_distill(run_dir, student) -> None:
     """02: a distillation belongs to the student it started from (its pruning record's hash, in
-    distill/origin.json); a run whose student has changed since is refused, never resumed into."""
+    distill/origin.json; for a run older than origin.json, the pruning.json `distill` wrote); a run whose student
+    has changed since is refused, never resumed into."""
     from .errors import DestinationExistsError
+    from .formats import Pruning
 
     folder = Path(run_dir) / DISTILL
     pruning = getattr(student, "pruning", None)
     origin = {"student": pruning.sha256() if pruning is not None else None, "spec": str(student.spec)}
-    saved = folder / ORIGIN
-    if saved.is_file() and json.loads(saved.read_text()) != origin:
+    saved, record = folder / ORIGIN, folder / "pruning.json"
+    before = json.loads(saved.read_text()) if saved.is_file() else None
+    if before is None and record.is_file():  # a distillation begun before origin.json existed
+        sha = Pruning.from_json(record.read_text()).sha256()
+        before = origin if sha == origin["student"] else {"student": sha, "spec": "the student of its pruning.json"}
+    if before is not None and before != origin:
         raise DestinationExistsError(
-            f"{folder}: this distillation started from another student ({json.loads(saved.read_text())['spec']}; "
-            f"now {origin['spec']}); resuming would load its checkpoints into a different network. Fix: a new run "
-            "name (--run NAME, or run_dir), or rebuild with 01's overwrite=True (it removes distill/)."
+            f"{folder}: this distillation started from another student ({before['spec']}; now {origin['spec']}); "
+            "resuming would load its checkpoints into a different network. Fix: a new run name (--run NAME, or "
+            "run_dir), or rebuild with 01's overwrite=True (it removes distill/)."
         )
     folder.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(origin) + "\n")
+    _write_atomic(saved, json.dumps(origin) + "\n")
 
 
 def toy_data(run_dir, samples: int, seed: int = 0) -> Path:
@@ -262,148 +311,6 @@ def encode_toy(out, samples: int = 32, seed: int = 0, **options):
 
     options.setdefault("batch", 32)
     return encode(out, toy_encoders(), clips=toy_clips(samples, seed), meta={"seed": seed}, **toy_settings(), **options)
-
-
-@dataclasses.dataclass
-class Conditioning:
-    """The text conditioning a notebook samples or calibrates with, and where it came from: the toy text encoder,
-    a prompts (or latents) cache written by `wanlite encode`, umT5 run now, or seeded random contexts (then every
-    label says "random context #i" and `random` is true: nothing here follows a caption)."""
-
-    contexts: torch.Tensor  # [P, L, text_dim]
-    negative: torch.Tensor  # [1, L, text_dim]
-    labels: list[str]
-    source: str
-
-    @property
-    def random(self) -> bool:
-        return self.source.startswith("random")
-
-    def announce(self) -> None:
-        """Print where the contexts come from; random ones get a banner no one can miss."""
-        if self.random:
-            loud(f"{self.source}. These are NOT prompt embeddings: what is measured with them is functional fidelity")
-        else:
-            print(f"conditioning: {len(self.labels)} prompts from {self.source}")
-
-    def __repr__(self) -> str:
-        shown = ", ".join(repr(label) for label in self.labels[:4]) + (", ..." if len(self.labels) > 4 else "")
-        return f"Conditioning({len(self.labels)} prompts from {self.source}: {shown})"
-
-
-RANDOM_NOTE = (
-    "WARNING: no prompt embeddings were given: seeded RANDOM contexts (rows 'random context #i'); these numbers "
-    "measure functional fidelity, not caption following. Give a prompts cache or a text encoder."
-)
-
-
-def loud(what: str) -> None:
-    """A warning banner in the output (stdout: an executed notebook keeps it in the cell, not a red stderr box)."""
-    bar = "!" * 100
-    print(
-        f"{bar}\nWARNING: {what}, not caption following. Fix: set prompts_cache (written by `wanlite encode "
-        "--prompts FILE --models Wan-AI/Wan2.1-T2V-1.3B-Diffusers --out DIR`), text_encoder (a Diffusers Wan "
-        f"directory or Hub id with text_encoder/ and tokenizer/) or data (a latents cache).\n{bar}"
-    )
-
-
-def random_conditioning(spec, count: int, seed: int = 0) -> Conditioning:
-    """`count` seeded random umT5-shaped contexts (16 tokens of noise, zero padding) and a zero negative."""
-    g = torch.Generator().manual_seed(seed)
-    context = torch.zeros(count, spec.text_len, spec.text_dim)
-    context[:, :16] = torch.randn(count, 16, spec.text_dim, generator=g)
-    labels = [f"random context #{i}" for i in range(count)]
-    return Conditioning(context, torch.zeros_like(context[:1]), labels, f"random contexts (seed {seed})")
-
-
-def _cache(path, kinds: tuple[str, ...], field: str):
-    """A `CachedSource` of one of `kinds`, or a ConfigError naming the parameter and the fix."""
-    from .errors import ConfigError
-    from .train.data import CachedSource
-
-    cache = CachedSource(path)
-    if cache.kind not in kinds or not len(cache):
-        raise ConfigError(
-            f"{field}={path}: a {cache.kind!r} cache with {len(cache)} samples; expected a non-empty "
-            f"{' or '.join(kinds)} cache. Fix: write one with `wanlite encode` "
-            + ("--prompts FILE" if "prompts" in kinds else "--videos DIR")
-            + " (or notebook 00)."
-        )
-    return cache
-
-
-def cache_captions(cache) -> list[str]:
-    """The caption of each sample of a cache `wanlite encode` wrote, in order."""
-    return [r.get("caption", "") for shard in cache.manifest["shards"] for r in shard.get("records") or []]
-
-
-def conditioning(
-    teacher,
-    teacher_path: str,
-    prompts: Sequence[str] = (),
-    prompts_cache="",
-    text_encoder="",
-    seed: int = 0,
-    count: int | None = None,
-    negative_prompt: str | None = None,
-    device=None,
-) -> Conditioning:
-    """The contexts to sample or calibrate with. Toy teacher: the toy text encoder on `prompts`. Real teacher:
-    the embeddings of a prompts (or latents) cache `prompts_cache` (those whose caption is in `prompts`, in that
-    order; all of them when `prompts` is empty), else `prompts` through umT5 at `text_encoder` (a Diffusers Wan
-    directory or Hub id, or a text_encoder/ folder; negative: `negative_prompt`, default Wan's own), else
-    `count` (default len(prompts)) seeded random contexts, announced as such. Prints where they came from."""
-    from . import toy
-    from .errors import ConfigError
-    from .formats import spec_of
-
-    prompts = list(prompts)
-    if is_toy(teacher_path):
-        made = Conditioning(toy.encode_text(prompts), toy.encode_text([""]), prompts, "the toy text encoder")
-    elif prompts_cache:
-        cache = _cache(prompts_cache, ("prompts", "latents"), "prompts_cache")
-        captions = cache_captions(cache)
-        if prompts:
-            missing = [p for p in prompts if p not in captions]
-            if missing:
-                raise ConfigError(
-                    f"prompts_cache={prompts_cache}: no embedding for {missing} (it holds {len(captions)} prompts, "
-                    f"e.g. {captions[:2]}). Fix: encode them (`wanlite encode --prompts FILE --out DIR`), or set "
-                    "prompts to [] to use the cache's own prompts."
-                )
-            index = [captions.index(p) for p in prompts]
-        else:
-            index = list(range(len(captions)))
-        rows = [cache[i] for i in index]
-        made = Conditioning(
-            torch.stack([r["context"].float() for r in rows]),
-            rows[0]["negative_context"].float()[None],
-            [captions[i] for i in index],
-            f"the prompts cache {prompts_cache}",
-        )
-    elif text_encoder:
-        if not prompts:
-            raise ConfigError("text_encoder is set but prompts is empty. Fix: give prompts to encode.")
-        from .train.encoders import WAN_NEGATIVE, load_encoders
-
-        folder = Path(text_encoder)
-        whole = not (folder / "config.json").is_file()  # a Diffusers Wan directory / Hub id, not text_encoder/
-        encoders = load_encoders(
-            text_encoder if whole else None,
-            text_encoder=None if whole else folder,
-            need_vae=False,
-            device=device,
-            text_length=spec_of(teacher).text_len,
-        )
-        negative = WAN_NEGATIVE if negative_prompt is None else negative_prompt
-        made = Conditioning(
-            encoders.text(prompts).float(), encoders.text([negative]).float(), prompts, f"umT5 at {text_encoder}"
-        )
-        del encoders
-    else:
-        made = random_conditioning(spec_of(teacher), count or len(prompts) or 2, seed)
-    made.announce()
-    return made
 
 
 def video_size(spec, toy_world: bool, device, frames: int = 0, height: int = 0, width: int = 0, guidance=1.0, steps=1):
@@ -506,6 +413,16 @@ def compare_paths(
     from .formats import load_wan, spec_of
 
     bundle = _toy_bundle(teacher_path)
+    toy_text = text_encoder is None and not prompts_cache and contexts is None and prompts
+    if toy_text and bundle is None and not _toy_run(teacher_path):  # a real Wan would get the toy world's text
+        from .errors import ConfigError
+
+        raise ConfigError(
+            f"--prompts {list(prompts)}: {teacher_path} is not a toy-world teacher, and a real Wan follows umT5 "
+            "embeddings only (the toy text encoder's would not be these prompts). Fix: add --prompts-cache DIR "
+            "(`wanlite encode --prompts FILE`) or --text-encoder (a Diffusers Wan directory or Hub id), or drop "
+            "--prompts (seeded random contexts, labelled so)."
+        )
     if bundle is not None:
         from . import toy
 
@@ -530,11 +447,12 @@ def compare_paths(
         )
         contexts, labels = made.contexts, made.labels
         negative_context = negative_context if negative_context is not None else made.negative
+        notes.append(f"prompts: {made.source}")
     elif contexts is None and prompts:
         contexts, neg = _encode(prompts, text_encoder)
         negative_context = negative_context if negative_context is not None else neg
         if text_encoder is None and bundle is None:
-            notes.append("prompts embedded by the toy world's text encoder (give a text encoder for a real Wan).")
+            notes.append("prompts embedded by the toy world's text encoder (a toy-world teacher).")
     elif contexts is None:
         made = random_conditioning(spec_of(teacher), 2, config.seed)
         made.announce()

@@ -321,10 +321,12 @@ def pruning_file(value: str | None) -> str | None:
 
 
 def pruning_from_metadata(value: str | None, folder=None, where: str = "metadata") -> Pruning | None:
-    """The Pruning a `wanlite.pruning` metadata value describes (reading `folder/pruning.json` when it points
-    there), or None when the value is absent. A pruning.json that does not match the hash is an error."""
+    """The Pruning a `wanlite.pruning` metadata value describes (reading the file beside the weights it points at,
+    in `folder`), or None when the value is absent. A pointed-at record that is missing, unreadable or does not
+    match the hash is an error naming that file and the fix (ComfyUI never reads it: the weights load there)."""
     if not value:
         return None
+    beside = None
     try:
         entry = json.loads(value)
         if not isinstance(entry, dict):
@@ -333,19 +335,27 @@ def pruning_from_metadata(value: str | None, folder=None, where: str = "metadata
             return Pruning.from_dict(entry)
         if "record" in entry:
             return Pruning.from_dict(entry["record"])
-        beside = folder / entry.get("file", PRUNING_FILE) if folder is not None else None
-        if beside is None or not beside.is_file():
-            return None
+        name = str(entry.get("file", PRUNING_FILE))
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise ValueError(f"'file': {name!r} is not a file name beside the weights")
+        beside = Path(folder) / name if folder is not None else Path(name)
+        if not beside.is_file():
+            raise FormatError(
+                f"{where}: its pruning record ({entry.get('summary')}) is not in the metadata (it is larger than "
+                f"{INLINE_LIMIT} bytes) but in {name} beside the weights, and {beside} is missing. Fix: copy {name} "
+                "from the export it came with next to them, or export the student again (save_wan writes both)."
+            )
         pruning = Pruning.from_json(beside.read_text())
     except (ValueError, TypeError, KeyError, AttributeError) as err:  # JSONDecodeError is a ValueError
-        raise FormatError(
-            f"{where}: wanlite.pruning (or its pruning.json) is not a valid pruning record ({err}). "
-            "Fix: re-export the student with wanlite."
-        ) from None
+        if beside is None:
+            what, fix = f"{where}: wanlite.pruning", "re-export the student with wanlite"
+        else:
+            what, fix = beside, "restore the file written with these weights (or re-export the student)"
+        raise FormatError(f"{what} is not a valid pruning record ({err}). Fix: {fix}.") from None
     if pruning.sha256() != entry["sha256"]:
         raise FormatError(
-            f"{beside} does not match the pruning hash in the weights' metadata: it belongs to another "
-            "export. Fix: restore the pruning record written with these weights."
+            f"{beside} does not match the pruning hash in {where}'s metadata: it belongs to another export. Fix: "
+            "restore the pruning record written with these weights."
         )
     return pruning
 
