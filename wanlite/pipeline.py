@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from .core.overrides import parse_overrides
+from .core.overrides import add_set_option, parse_overrides
 from .errors import ConfigError, WanliteError
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -222,14 +222,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--progress-every", type=float, default=60.0, help="seconds between console progress lines (default 60)"
     )
-    parser.add_argument(
-        "--set",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a parameter (a YAML value); several: --set a=1 b=2, or --set a=1 --set b=2",
-    )
+    add_set_option(parser, "parameter")
     args = parser.parse_args(argv)
     try:
         check_progress_every(args.progress_every)

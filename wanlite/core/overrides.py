@@ -20,3 +20,15 @@ def parse_overrides(items: list[str]) -> dict:
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {item!r}: the value is not YAML ({err}). Fix: quote it.") from None
     return changes
+
+
+def add_set_option(parser, what: str = "setting") -> None:
+    """The `--set` option itself, the same on every command: several after one flag, or the flag repeated."""
+    parser.add_argument(
+        "--set",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a {what} (a YAML value); several: --set a=1 b=2, or --set a=1 --set b=2",
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..core.overrides import parse_overrides
+from ..core.overrides import add_set_option, parse_overrides
 from ..errors import WanliteError, describe
 from .config import DistillConfig
 from .loop import distill
@@ -18,14 +18,7 @@ def main(argv: list[str] | None = None) -> int:
         "--config", required=True, help="a DistillConfig YAML (a run directory's config.yaml resumes it)"
     )
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's newest checkpoint")
-    parser.add_argument(
-        "--set",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field (a YAML value); several: --set a=1 b=2, or --set a=1 --set b=2",
-    )
+    add_set_option(parser, "config field")
     args = parser.parse_args(argv)
     try:
         cfg = DistillConfig.from_yaml(args.config)
