@@ -230,7 +230,7 @@ class Leaderboard:
         failed = len(self.rows) - len(done)
         ax.set_title(self.title + (f" ({failed} failed, not shown)" if failed else ""), fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
         return ax.figure
 
     def __repr__(self) -> str:
