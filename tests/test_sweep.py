@@ -91,6 +91,8 @@ def test_the_numbers_are_the_measured_ones(swept):
     assert 1 < rows["teacher"]["params"] / rows["depth1-velocity"]["params"] < 2  # one of two blocks kept
     assert rows["teacher"]["pixel_psnr_db"] is None  # the reference has no PSNR against itself
     assert rows["teacher@4"]["pixel_psnr_db"] > 10 and rows["half-guided"]["velocity_rel_mse"] > 0
+    assert rows["half-guided"]["val_rel_mse_start"] > 0 and rows["half-guided"]["val_rel_mse_end"] > 0
+    assert rows["half-guided@1"]["val_rel_mse_end"] == rows["half-guided"]["val_rel_mse_end"]  # one training
     assert "[1]" in rows["depth1-velocity"]["recipe"] or "[0]" in rows["depth1-velocity"]["recipe"]
 
 

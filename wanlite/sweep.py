@@ -419,7 +419,11 @@ def _train_and_measure(shared: Shared, name: str, settings: dict, out: Path, log
     for k in [own.steps] + [k for k in extra_steps if k != own.steps]:
         how = own if k == own.steps else dataclasses.replace(own, steps=k, sigmas=None)
         label = name if k == own.steps else f"{name}@{k}"
-        rows.append(measure(shared, model, how, label) | {"train_s": round(train_s, 1)})
+        held_out = {
+            "val_rel_mse_start": result.validation[0]["rel_mse"],
+            "val_rel_mse_end": result.validation[-1]["rel_mse"],
+        }
+        rows.append(measure(shared, model, how, label) | held_out | {"train_s": round(train_s, 1)})
         log(f"  {label}: {_summary(rows[-1])}")
     return rows
 

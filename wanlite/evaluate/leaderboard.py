@@ -34,6 +34,8 @@ COLUMNS = (
     ("pixel_psnr_db", "PSNR vs teacher (dB)", "f1"),
     ("latent_psnr_db", "latent PSNR (dB)", "f1"),
     ("velocity_rel_mse", "velocity rel-MSE", "g3"),
+    ("val_rel_mse_start", "held-out rel-MSE untrained", "g3"),
+    ("val_rel_mse_end", "held-out rel-MSE trained", "g3"),
     ("train_s", "training (s)", "f0"),
     ("status", "status", "text"),
     ("error", "error", "text"),
@@ -150,11 +152,13 @@ class Leaderboard:
         parsed = [{k: (_number(v) if k in NUMERIC else (v or None)) for k, v in r.items()} for r in rows]
         return cls(parsed, title=options.pop("title", path.parent.name), **options)
 
-    def to_markdown(self) -> str:
-        """The table (failed points included, with their error), the frontier marked with a star."""
+    def to_markdown(self, columns: list[str] | None = None) -> str:
+        """The table (failed points included, with their error), the frontier marked with a star; `columns`: a
+        selection of `COLUMNS` names (default: every one that holds a value)."""
         front = {id(r) for r in self.frontier()}
+        chosen = [c for c in COLUMNS if columns is None or c[0] in columns]
         shown = [
-            (name, head, how) for name, head, how in COLUMNS if any(r.get(name) not in (None, "") for r in self.rows)
+            (name, head, how) for name, head, how in chosen if any(r.get(name) not in (None, "") for r in self.rows)
         ]
         lines = [
             "| " + " | ".join(head for _, head, _ in shown) + " | Pareto |",
