@@ -55,7 +55,8 @@ FRACTION_KEYS = ("depth", "width")  # kept fractions (Recipe.from_fractions) ins
 SWEEP_KEYS = ("sample_steps",)  # extra rows: the trained student sampled at other step counts
 RESERVED = ("run_dir", "teacher", "student", "recipe", "data", "block_map", "export")  # the sweep sets these
 CACHED = ("velocity", "guided")  # objectives that train from a teacher-target cache (no live teacher)
-DEFAULTS = dict(progress=False, checkpoint_every=0, lr_scheduler="cosine")  # under every point's settings
+# under every point's settings; a killed point resumes from its last checkpoint
+DEFAULTS = dict(progress=False, checkpoint_every=100, keep_checkpoints=1, lr_scheduler="cosine")
 MEASURED = Path(__file__).resolve().parent.parent / "docs" / "sweep-toy"  # the README's sweep (notebook 06's default)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
 
@@ -360,13 +361,15 @@ def measure(shared: Shared, model, sampling, name: str, kind: str = "student", r
 def teacher_rows(shared: Shared, log=print) -> list[dict]:
     """The teacher at its own settings (the reference), and at each of the grid's `teacher_steps`."""
     where = shared.out / "teacher.json"
-    if where.exists():
-        return json.loads(where.read_text())
+    settings = {"prompts": shared.grid.prompts, "repeats": shared.grid.repeats, "steps": shared.grid.teacher_steps}
+    found = json.loads(where.read_text()) if where.exists() else {}
+    if isinstance(found, dict) and found.get("settings") == settings:  # measured with these settings: reused
+        return found["rows"]
     rows = [measure(shared, shared.teacher, shared.sampling, "teacher", "teacher", reference=True)]
     for k in shared.grid.teacher_steps:
         how = dataclasses.replace(shared.sampling, steps=k)
         rows.append(measure(shared, shared.teacher, how, f"teacher@{k}", "teacher"))
-    _write_json(where, rows)
+    _write_json(where, {"settings": settings, "rows": rows})
     for r in rows:
         log(f"  {r['point']}: {_summary(r)}")
     return rows

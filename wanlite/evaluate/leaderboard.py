@@ -184,58 +184,48 @@ class Leaderboard:
         return paths
 
     # ---- the figure ----
-    def plot(self, ax=None):
-        """Quality against cost per video (log scale): every finished row, teacher rows as stars, the Pareto
-        frontier as a line, failed points named in the title."""
+    def plot(self, fidelity: str | None = "pixel_psnr_db"):
+        """Quality against cost per video (log scale), one panel per measure: `quality` and, when rows hold it,
+        `fidelity` (decoded-video PSNR against the teacher; the teacher's own row is its reference and has none).
+        Every finished row, teacher rows as stars, each panel's Pareto frontier as a line, failed points named."""
         from ..core.display import new_figure
 
-        ax = ax or new_figure(figsize=(7.5, 4.8)).subplots()
         done = [r for r in self.rows if r.get("status", "ok") == "ok"]
-        plotted = [r for r in done if _number(r.get(self.cost)) and _number(r.get(self.quality)) is not None]
+        measures = [self.quality] + [
+            fidelity for _ in [0] if fidelity and any(_number(r.get(fidelity)) is not None for r in done)
+        ]
+        figure = new_figure(figsize=(6.5 * len(measures), 4.8), layout="constrained")
+        for ax, measure in zip(figure.subplots(1, len(measures), squeeze=False)[0], measures):
+            self._panel(ax, done, measure)
+        failed = len(self.rows) - len(done)
+        figure.suptitle(self.title + (f" ({failed} failed, not shown)" if failed else ""), fontsize=10)
+        return figure
+
+    def _panel(self, ax, done: list[dict], measure: str) -> None:
+        plotted = [r for r in done if _number(r.get(self.cost)) and _number(r.get(measure)) is not None]
         for kind, marker, colour, size in (("student", "o", "tab:blue", 36), ("teacher", "*", "tab:red", 160)):
             sel = [r for r in plotted if (r.get("kind") or "student") == kind]
             if sel:
-                ax.scatter(
-                    [_number(r[self.cost]) for r in sel],
-                    [_number(r[self.quality]) for r in sel],
-                    marker=marker,
-                    s=size,
-                    c=colour,
-                    label=kind,
-                    zorder=3,
-                )
+                xs, ys = [_number(r[self.cost]) for r in sel], [_number(r[measure]) for r in sel]
+                ax.scatter(xs, ys, marker=marker, s=size, c=colour, label=kind, zorder=3)
         for r in plotted:
-            ax.annotate(
-                str(r.get("point")),
-                (_number(r[self.cost]), _number(r[self.quality])),
-                fontsize=7,
-                xytext=(4, 3),
-                textcoords="offset points",
-            )
-        front = self.frontier()
+            where = (_number(r[self.cost]), _number(r[measure]))
+            ax.annotate(str(r.get("point")), where, fontsize=7, xytext=(4, 3), textcoords="offset points")
+        for r in done:  # the teacher a fidelity is measured against has no value of its own: its cost as a line
+            if r.get("kind") == "teacher" and _number(r.get(measure)) is None and _number(r.get(self.cost)):
+                ax.axvline(_number(r[self.cost]), ls="--", c="tab:red", lw=1, label=f"{r['point']} (the reference)")
+        front = pareto_front(plotted, self.cost, measure)
         if front:
-            ax.step(
-                [_number(r[self.cost]) for r in front],
-                [_number(r[self.quality]) for r in front],
-                where="post",
-                c="tab:green",
-                lw=1.5,
-                alpha=0.8,
-                label="Pareto frontier",
-                zorder=2,
-            )
+            xs, ys = [_number(r[self.cost]) for r in front], [_number(r[measure]) for r in front]
+            ax.step(xs, ys, where="post", c="tab:green", lw=1.5, alpha=0.8, label="Pareto frontier", zorder=2)
         if plotted:
             ax.set_xscale("log")
         header = {name: head for name, head, _ in COLUMNS}
         ax.set_xlabel(f"{header.get(self.cost, self.cost)} (log scale; lower is cheaper)")
-        ax.set_ylabel(
-            f"adherence: {header.get(self.quality, self.quality)}" if self.quality in NUMERIC else self.quality
-        )
-        failed = len(self.rows) - len(done)
-        ax.set_title(self.title + (f" ({failed} failed, not shown)" if failed else ""), fontsize=10)
+        label = header.get(measure, measure)
+        ax.set_ylabel(f"adherence: {label}" if measure in ("colour", "shape", "direction", "all") else label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
-        return ax.figure
 
     def __repr__(self) -> str:
         front = len(self.frontier())
