@@ -9,7 +9,7 @@ PARAMS ?= params/toy.yaml
 # (on this project's machines its wheel lies on disk); a GPU machine gets PyPI's default CUDA build.
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || echo "torch==2.13.0")
 
-.PHONY: setup run test test-ui lint lab bench toy-teacher clean
+.PHONY: setup run test test-ui lint lab bench toy-teacher toy-teacher-deep sweep clean
 
 setup: $(VENV)/.installed
 
@@ -61,6 +61,18 @@ bench: setup
 
 toy-teacher: setup
 	$(PY) -m wanlite.toy train --out wanlite/assets/toy --overwrite
+
+# The deeper toy teacher (6 blocks x 2 heads of 128, ffn 512) that depth pruning and `make sweep` use; ~30-55 min
+# on one CPU thread. `make run` and the tests keep the 2-block one above.
+toy-teacher-deep: setup
+	$(PY) -m wanlite.toy train --out wanlite/assets/toy/teacher-deep --num-layers 6 --steps 3200 --overwrite
+
+# Recipes x objectives x sampling steps on the deeper toy teacher -> runs/sweep-toy/leaderboard.{md,csv}, pareto.png
+# (README, "Sweeps and the leaderboard"). SWEEP_ARGS="--resume" continues one; "--jobs 2" runs two points at once.
+SWEEP ?= params/sweep-toy.yaml
+SWEEP_ARGS ?=
+sweep: setup
+	$(PY) -m wanlite sweep --grid $(SWEEP) $(SWEEP_ARGS)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info .pytest_cache

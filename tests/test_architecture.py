@@ -24,6 +24,7 @@ LAYERS = {
     "pipeline": 5,
     "runs": 5,
     "testing": 5,
+    "sweep": 5,
     "__init__": 5,
     "__main__": 5,
 }

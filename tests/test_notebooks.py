@@ -11,7 +11,15 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-NAMES = ["00_prepare_data", "01_init_from_teacher", "02_distill", "03_save", "04_reload_comfyui_loader", "05_compare"]
+NAMES = [
+    "00_prepare_data",
+    "01_init_from_teacher",
+    "02_distill",
+    "03_save",
+    "04_reload_comfyui_loader",
+    "05_compare",
+    "06_sweep",
+]
 
 
 def _cells(book):
@@ -58,7 +66,7 @@ def test_smoke_params_are_the_notebook_defaults():
 
 @pytest.mark.parametrize("params", sorted((ROOT / "params").glob("*.yaml")), ids=lambda p: p.name)
 def test_params_files_only_name_declared_parameters(params):
-    if params.name.startswith(("distill-", "accelerate")):
+    if params.name.startswith(("distill-", "accelerate", "sweep-")):
         pytest.skip("not a notebook parameters file")
     declared = set()
     for book in BOOKS:

@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wanlite",
         description=__doc__,
         epilog="wanlite distill --config RUN.yaml [--resume] [--set KEY=VALUE]: "
-        "distil a student (wanlite distill --help).",
+        "distil a student (wanlite distill --help). wanlite sweep --grid FILE [--jobs N] [--resume]: "
+        "train and rank many students (wanlite sweep --help).",
     )
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -316,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         from .train.__main__ import main as distill_main
 
         return distill_main(argv[1:])
+    if argv[:1] == ["sweep"]:  # wanlite sweep --grid FILE [--jobs N] [--resume]: its own parser too
+        from .sweep import main as sweep_main
+
+        return sweep_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "convert" and args.dst is None and not args.comfyui_root:
         print("wanlite convert: DST is required (or --comfyui-root for --layout comfyui)", file=sys.stderr)
