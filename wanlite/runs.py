@@ -36,6 +36,7 @@ from .conditioning import (  # noqa: F401  (runs.conditioning & co: the names th
     random_conditioning,
 )
 from .evaluate import CompareConfig, Comparison, compare
+from .formats.io import replace_file
 
 STUDENT_INIT, DISTILL, EXPORT, COMPARE, DATA = "student_init", "distill", "export", "compare", "data"
 STUDENT = f"{DISTILL}/student"  # where distill() exports the trained student
@@ -74,6 +75,20 @@ def teacher_spec(teacher_path: str = "", run_dir=None):
     return spec_of(toy.teacher()) if is_toy(teacher_path) else inspect_wan(teacher_path).spec
 
 
+def toy_batch(prompts: int, seed: int = 0, vae=None) -> dict:
+    """`prompts` toy-world clips (captions spread over the 48, from `seed`) as latents of the toy VAE (`vae`:
+    another bundle's) and caption embeddings: calibration and held-out batches of a toy teacher."""
+    from . import toy
+
+    caps = toy.captions()
+    chosen = [caps[(seed * 7 + i * 5) % len(caps)] for i in range(prompts)]
+    vae = vae or toy.load_vae()
+    return {
+        "latents": vae.encode(toy.batch(chosen, [seed + i for i in range(prompts)])),
+        "context": toy.encode_text(chosen),
+    }
+
+
 def prompt_batch(
     teacher, teacher_path: str, prompts: int, seed: int = 0, frames: int = 1, size: int = 32, data="", conditioning=None
 ) -> dict:
@@ -81,17 +96,11 @@ def prompt_batch(
     toy teacher; else samples of the latents cache `data` (its latents and their captions' embeddings: samples
     seed*prompts onwards, so seed and seed+1 give disjoint batches); else Gaussian latents with the contexts of
     `conditioning` (a `Conditioning`: a prompts cache, umT5, or seeded random ones, which it announces)."""
-    from . import toy
     from .compress import noise_batch
     from .formats import spec_of
 
     if is_toy(teacher_path):
-        caps = toy.captions()
-        chosen = [caps[(seed * 7 + i * 5) % len(caps)] for i in range(prompts)]
-        return {
-            "latents": toy.load_vae().encode(toy.batch(chosen, [seed + i for i in range(prompts)])),
-            "context": toy.encode_text(chosen),
-        }
+        return toy_batch(prompts, seed)
     spec = spec_of(teacher)
     if data:
         cache = open_cache(data, ("latents",), "data", spec)
@@ -207,25 +216,17 @@ def claim_recipe(run_dir, asked: dict, overwrite: bool = False) -> bool:
         for name in removed:  # one rename each: atomic, and instant even for a distillation of many GB
             (run / name).rename(run / REMOVING / name)
     run.mkdir(parents=True, exist_ok=True)
-    _write_atomic(record, json.dumps({"asked": asked}, indent=1) + "\n")  # until 01 ends: no student to load
+    replace_file(record, json.dumps({"asked": asked}, indent=1) + "\n")  # until 01 ends: no student to load
     if removed:
         shutil.rmtree(run / REMOVING)
         print(f"overwrite: removed {', '.join(removed)} of {run}")
     return True
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """A small file written whole or not at all (a crash never leaves half a recipe.json)."""
-    from .formats.io import atomic_path
-
-    with atomic_path(path, overwrite=True, is_dir=False) as tmp:
-        tmp.write_text(text)
-
-
 def record_student(run_dir, recipe) -> None:
     """01: the recipe the init report chose, beside what was asked (run_dir/recipe.json)."""
     record = Path(run_dir) / RECIPE
-    _write_atomic(record, json.dumps({**json.loads(record.read_text()), "chosen": recipe.to_dict()}, indent=1) + "\n")
+    replace_file(record, json.dumps({**json.loads(record.read_text()), "chosen": recipe.to_dict()}, indent=1) + "\n")
 
 
 def claim_distill(run_dir, student) -> None:
@@ -250,7 +251,7 @@ def claim_distill(run_dir, student) -> None:
             "run_dir), or rebuild with 01's overwrite=True (it removes distill/)."
         )
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic(saved, json.dumps(origin) + "\n")
+    replace_file(saved, json.dumps(origin) + "\n")
 
 
 def toy_data(run_dir, samples: int, seed: int = 0) -> Path:
@@ -266,12 +267,13 @@ def toy_data(run_dir, samples: int, seed: int = 0) -> Path:
     return out
 
 
-def toy_encoders():
-    """The toy VAE and toy text encoder as `train.encode.Encoders` (the toy teacher's negative prompt is "")."""
+def toy_encoders(vae=None):
+    """The toy VAE (default: the shipped one; a bundle's own for another toy teacher) and toy text encoder as
+    `train.encode.Encoders` (the toy teacher's negative prompt is "")."""
     from . import toy
     from .train.encode import Encoders
 
-    vae = toy.load_vae()
+    vae = vae or toy.load_vae()
     return Encoders(vae=vae, text=toy.encode_text, negative="", stride=8, name="wanlite toy world")
 
 
@@ -305,12 +307,14 @@ def toy_settings() -> dict:
     return {"size": (config.height, config.width), "frames": config.frames, "fps": 16.0}
 
 
-def encode_toy(out, samples: int = 32, seed: int = 0, **options):
-    """`wanlite encode --toy`: toy-world clips through the toy VAE and text encoder into a cache at `out`."""
+def encode_toy(out, samples: int = 32, seed: int = 0, vae=None, **options):
+    """`wanlite encode --toy`: toy-world clips through the toy VAE (`vae`: another bundle's) and text encoder into
+    a cache at `out`."""
     from .train.encode import encode
 
     options.setdefault("batch", 32)
-    return encode(out, toy_encoders(), clips=toy_clips(samples, seed), meta={"seed": seed}, **toy_settings(), **options)
+    clips = toy_clips(samples, seed)
+    return encode(out, toy_encoders(vae), clips=clips, meta={"seed": seed}, **toy_settings(), **options)
 
 
 def video_size(spec, toy_world: bool, device, frames: int = 0, height: int = 0, width: int = 0, guidance=1.0, steps=1):

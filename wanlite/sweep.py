@@ -242,37 +242,19 @@ class Shared:
 
     def data(self) -> Path:
         """Toy-world latents (encoded with this bundle's VAE), one cache for the whole sweep."""
-        from . import runs, toy
-        from .train.encode import Encoders, encode
+        from . import runs
 
         out = self.out / "data"
         if not (out / "manifest.json").exists():
-            encoders = Encoders(vae=self.vae, text=toy.encode_text, negative="", stride=8, name="wanlite toy world")
-            clips = runs.toy_clips(self.grid.samples, self.grid.seed)
-            encode(
-                out,
-                encoders,
-                clips=clips,
-                meta={"seed": self.grid.seed},
-                batch=32,
-                progress=False,
-                log=lambda line: None,
-                **runs.toy_settings(),
-            )
+            runs.encode_toy(out, self.grid.samples, self.grid.seed, vae=self.vae, progress=False, log=lambda line: None)
         return out
 
     def calibration(self):
-        from . import toy
+        from . import runs
         from .compress import calibrate
 
-        caps = toy.captions()
-        n, seed = self.grid.calibration_prompts, self.grid.seed
-        chosen = [caps[(seed * 7 + i * 5) % len(caps)] for i in range(n)]
-        batch = {
-            "latents": self.vae.encode(toy.batch(chosen, [seed + i for i in range(n)])),
-            "context": toy.encode_text(chosen),
-        }
-        return calibrate(self.teacher, batch, seed=seed, cache_dir=self.out / "calibration")
+        batch = runs.toy_batch(self.grid.calibration_prompts, self.grid.seed, vae=self.vae)
+        return calibrate(self.teacher, batch, seed=self.grid.seed, cache_dir=self.out / "calibration")
 
     def targets(self, cfg, feature_blocks) -> Path | None:
         """The teacher-target cache a point of this config trains from (made once, shared), or None when its
@@ -439,7 +421,7 @@ def _summary(row: dict) -> str:
 
 
 def _write_json(path: Path, obj) -> None:
-    from .evaluate.leaderboard import replace_file
+    from .formats.io import replace_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     replace_file(path, json.dumps(obj, indent=2, default=str) + "\n")

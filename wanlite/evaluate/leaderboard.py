@@ -7,11 +7,11 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import FormatError
+from ..formats.io import replace_file
 from .cost import human
 
 # (column, header, format): what a sweep measures per model, in the order the tables show it
@@ -60,19 +60,6 @@ def _cell(value, how: str) -> str:
         "f0": lambda v: f"{v:.0f}",
         "x2": lambda v: f"{v:.2f}×",
     }[how](value)
-
-
-def replace_file(path: Path, content) -> Path:
-    """Write `content` (text, or a callable that writes to the path it is given) to a temporary sibling, then
-    rename it over `path`: a reader sees the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        content(tmp) if callable(content) else tmp.write_text(content)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def pareto_front(rows: list[dict], cost: str, quality: str) -> list[dict]:

@@ -356,6 +356,22 @@ def atomic_path(out: Path, overwrite: bool = False, is_dir: bool = True) -> Iter
         raise
 
 
+def replace_file(path, content) -> Path:
+    """A small file a run owns (a record, a leaderboard) written whole or not at all: `content` is text, or a
+    callable that writes to the path it is given. A reader sees the old file or the new one, never half of one.
+    Unlike `atomic_path` it does not ask whether `path` is an export wanlite wrote: its caller owns that name."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.wanlite-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        content(tmp) if callable(content) else tmp.write_text(content)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise _write_error(err, path) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def _write_error(err: OSError, out: Path) -> WriteError:
     fixes = {
         errno.ENOSPC: "free disk space (or write elsewhere) and run it again.",
