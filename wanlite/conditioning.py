@@ -17,9 +17,24 @@ import torch
 from .errors import ConfigError
 
 
-def is_toy(teacher_path: str) -> bool:
-    """Whether a notebook's `teacher_path` names the shipped toy teacher (empty or "toy")."""
-    return str(teacher_path) in ("", "toy")
+def toy_bundle(teacher_path) -> Path | None:
+    """The toy teacher bundle a notebook's `teacher_path` names: the shipped one when empty or "toy", else the
+    folder (toy.json + vae.safetensors + teacher/) that the path is or whose teacher/ it is; None for a real Wan.
+    A bundle brings its own toy VAE, so every notebook decodes and scores with the VAE its teacher was trained on."""
+    from .toy.teacher import ASSETS
+
+    if str(teacher_path) in ("", "toy"):
+        return ASSETS
+    path = Path(teacher_path)
+    for folder in (path, path.parent):
+        if (folder / "toy.json").is_file() and (folder / "vae.safetensors").is_file() and (folder / "teacher").is_dir():
+            return folder
+    return None
+
+
+def is_toy(teacher_path) -> bool:
+    """Whether a notebook's `teacher_path` names a toy-world teacher: the shipped one (empty or "toy") or a bundle."""
+    return toy_bundle(teacher_path) is not None
 
 
 @dataclasses.dataclass

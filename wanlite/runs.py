@@ -34,6 +34,7 @@ from .conditioning import (  # noqa: F401  (runs.conditioning & co: the names th
     loud,
     open_cache,
     random_conditioning,
+    toy_bundle,
 )
 from .evaluate import CompareConfig, Comparison, compare
 from .formats.io import replace_file
@@ -43,16 +44,18 @@ STUDENT = f"{DISTILL}/student"  # where distill() exports the trained student
 
 
 def load_teacher(teacher_path: str = "", run_dir=None, device: str = "cpu", torch_dtype=None, expert=None):
-    """The teacher: the shipped toy teacher when `teacher_path` is empty (the embedded default), else any Wan
-    layout `load_wan` reads. With a run_dir, the choice is remembered for later notebooks."""
+    """The teacher: the shipped toy teacher when `teacher_path` is empty (the embedded default), a toy bundle's
+    (`python -m wanlite.toy train --out DIR`, or the shipped deeper one) when it names one, else any Wan layout
+    `load_wan` reads. With a run_dir, the choice is remembered for later notebooks."""
     from . import toy
     from .formats import load_wan
 
     teacher_path = teacher_of(run_dir, teacher_path)
-    if not is_toy(teacher_path):
+    bundle = toy_bundle(teacher_path)
+    if bundle is None:
         model = load_wan(teacher_path, torch_dtype=torch_dtype, device=device, expert=expert)
     else:
-        model = toy.teacher(torch_dtype=torch_dtype or torch.float32, device=device)
+        model = toy.teacher(bundle, torch_dtype=torch_dtype or torch.float32, device=device)
     if run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         (Path(run_dir) / "teacher.json").write_text(json.dumps({"teacher_path": teacher_path or "toy"}) + "\n")
@@ -67,12 +70,12 @@ def teacher_of(run_dir, teacher_path: str = "") -> str:
 
 
 def teacher_spec(teacher_path: str = "", run_dir=None):
-    """The teacher's `WanSpec` without loading its weights (the toy teacher's from the shipped files)."""
-    from . import toy
-    from .formats import inspect_wan, spec_of
+    """The teacher's `WanSpec` without loading its weights (a toy bundle's from its teacher/ folder)."""
+    from .formats import inspect_wan
 
     teacher_path = teacher_of(run_dir, teacher_path)
-    return spec_of(toy.teacher()) if is_toy(teacher_path) else inspect_wan(teacher_path).spec
+    bundle = toy_bundle(teacher_path)
+    return inspect_wan(bundle / "teacher" if bundle is not None else teacher_path).spec
 
 
 def toy_batch(prompts: int, seed: int = 0, vae=None) -> dict:
@@ -100,7 +103,7 @@ def prompt_batch(
     from .formats import spec_of
 
     if is_toy(teacher_path):
-        return toy_batch(prompts, seed)
+        return toy_batch(prompts, seed, vae=toy_vae(teacher_path))
     spec = spec_of(teacher)
     if data:
         cache = open_cache(data, ("latents",), "data", spec)
@@ -254,16 +257,33 @@ def claim_distill(run_dir, student) -> None:
     replace_file(saved, json.dumps(origin) + "\n")
 
 
-def toy_data(run_dir, samples: int, seed: int = 0) -> Path:
-    """A latents cache of toy-world clips (toy-VAE latents, caption and empty-prompt embeddings) in run_dir/data,
-    written by `encode` (`wanlite encode --toy`; a re-run with more samples adds the new ones); what distillation
-    trains on in the toy world (real latents: the task loss applies)."""
+def toy_vae(teacher_path: str = ""):
+    """The toy VAE of a toy teacher (`teacher_path`: empty for the shipped one, or a bundle): the one it was
+    trained with, which its latents, decoded strips and adherence scores need."""
+    from . import toy
+    from .errors import ConfigError
+
+    bundle = toy_bundle(teacher_path)
+    if bundle is None:
+        raise ConfigError(
+            f"teacher_path={teacher_path}: not a toy-world teacher, and toy-world clips are latents of a toy "
+            "teacher's VAE. Fix: give videos (and models: a Diffusers Wan directory) to encode your own clips, or "
+            "leave teacher_path empty (the shipped toy teacher) or name a toy bundle (toy.json, vae.safetensors)."
+        )
+    return toy.load_vae(bundle)
+
+
+def toy_data(run_dir, samples: int, seed: int = 0, teacher_path: str = "") -> Path:
+    """A latents cache of toy-world clips (latents of the toy teacher's VAE -- `teacher_path`'s bundle, default the
+    shipped one -- caption and empty-prompt embeddings) in run_dir/data, written by `encode` (`wanlite encode
+    --toy`; a re-run with more samples adds the new ones); what distillation trains on in the toy world (real
+    latents: the task loss applies)."""
     from .train.data import CachedSource
 
     out = Path(run_dir) / DATA
     if (out / "manifest.json").exists() and "encode" not in CachedSource(out).meta:
         return out  # an older toy cache
-    encode_toy(out, samples, seed=seed, progress=False, log=lambda line: None)
+    encode_toy(out, samples, seed=seed, vae=toy_vae(teacher_path), progress=False, log=lambda line: None)
     return out
 
 
@@ -356,15 +376,6 @@ def _encode(prompts: Sequence[str], text_encoder) -> tuple[torch.Tensor, torch.T
     return text_encoder(list(prompts)), text_encoder([""])
 
 
-def _toy_bundle(path) -> Path | None:
-    """The toy teacher bundle (toy.json + vae.safetensors + teacher/) that `path` is or lies in, if any."""
-    path = Path(path)
-    for folder in (path, path.parent):
-        if (folder / "toy.json").is_file() and (folder / "vae.safetensors").is_file():
-            return folder
-    return None
-
-
 def _toy_config(bundle: Path) -> CompareConfig:
     """A toy bundle's own sampling settings and clip size."""
     from . import toy
@@ -416,9 +427,9 @@ def compare_paths(
     from .evaluate.vae import load_diffusers_vae
     from .formats import load_wan, spec_of
 
-    bundle = _toy_bundle(teacher_path)
+    bundle = toy_bundle(teacher_path)
     toy_text = text_encoder is None and not prompts_cache and contexts is None and prompts
-    if toy_text and bundle is None and not _toy_run(teacher_path):  # a real Wan would get the toy world's text
+    if toy_text and bundle is None and _toy_run(teacher_path) is None:  # a real Wan would get the toy world's text
         from .errors import ConfigError
 
         raise ConfigError(
@@ -483,12 +494,12 @@ def compare_paths(
     return comp
 
 
-def _toy_run(path) -> bool:
-    """Whether `path` lies in a run directory whose teacher is the toy teacher (its teacher.json says so)."""
+def _toy_run(path) -> Path | None:
+    """The toy bundle of the run directory `path` lies in, when its teacher is a toy teacher (teacher.json)."""
     for folder in Path(path).resolve().parents:
         if (folder / "teacher.json").is_file():
-            return is_toy(json.loads((folder / "teacher.json").read_text()).get("teacher_path", ""))
-    return False
+            return toy_bundle(json.loads((folder / "teacher.json").read_text()).get("teacher_path", ""))
+    return None
 
 
 def quant_report(
@@ -511,20 +522,22 @@ def quant_report(
     from .formats import load_wan
 
     model = load_wan(model_path, torch_dtype=torch.float32, device=device)
+    bundle = toy_bundle(model_path) or _toy_run(model_path)
     if toy_world is None:
-        toy_world = _toy_bundle(model_path) is not None or _toy_run(model_path)
+        toy_world = bundle is not None
     kwargs = {}
     if toy_world:
         from . import toy
 
+        vae = toy.load_vae(bundle)  # the run's toy teacher's VAE (default: the shipped one)
         how = toy.sampling_of(model)
         prompts = list(prompts or toy.captions()[:: len(toy.captions()) // 8][:8])
         kwargs = dict(
             contexts=toy.encode_text(prompts),
             negative_context=toy.encode_text([""]),
-            latent_size=toy.load_vae().latent_shape()[1:],
+            latent_size=vae.latent_shape()[1:],
             sampling=how,
-            adherence=lambda m: toy.evaluate(m, sampling=how).as_dict(),
+            adherence=lambda m: toy.evaluate(m, sampling=how, vae=vae).as_dict(),
         )
     elif prompts:
         from .errors import ConfigError

@@ -228,11 +228,11 @@ class Shared:
     (built on first use; a worker process rebuilds it from the files)."""
 
     def __init__(self, grid: Grid, out: Path):
-        from . import toy
+        from . import runs, toy
         from .runs import _toy_config
 
         self.grid, self.out = grid, out
-        self.bundle = Path(grid.teacher) if grid.teacher else _assets()
+        self.bundle = runs.toy_bundle(grid.teacher) or Path(grid.teacher)  # not a bundle: toy.teacher says so
         self.teacher = toy.teacher(self.bundle).eval()
         self.vae = toy.load_vae(self.bundle)
         self.compare = dataclasses.replace(_toy_config(self.bundle), repeats=grid.repeats)
@@ -288,12 +288,6 @@ class Shared:
                 overwrite=True,
             )
         return out
-
-
-def _assets() -> Path:
-    from .toy.teacher import ASSETS
-
-    return ASSETS
 
 
 # --------------------------------------------------------------------------------------------- measuring

@@ -231,11 +231,12 @@ def evaluate(
     return adherence(videos, caps)
 
 
-def score(comparison, teacher, student, caps: list[str] | None = None) -> dict:
+def score(comparison, teacher, student, caps: list[str] | None = None, vae: ToyVAE | None = None) -> dict:
     """Prompt adherence of teacher and student, each at its own sampling settings (the comparison's), over `caps`
-    (default: all 48 captions); recorded in `comparison.adherence` for its report."""
+    (default: all 48 captions), decoded by `vae` (the teacher's bundle's; default the shipped one); recorded in
+    `comparison.adherence` for its report."""
     comparison.adherence = {
-        name: evaluate(model, caps, sampling=how).as_dict()
+        name: evaluate(model, caps, sampling=how, vae=vae).as_dict()
         for name, model, how in (
             ("teacher", teacher, comparison.teacher_sampling),
             ("student", student, comparison.student_sampling),
