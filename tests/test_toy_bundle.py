@@ -43,6 +43,11 @@ def test_a_bundle_path_names_its_teacher_and_vae_and_a_real_wan_gets_no_toy_vae(
     shipped = runs.toy_batch(2, 0)
     assert not torch.allclose(clip["latents"], shipped["latents"])  # the bundle's VAE encoded them
     torch.testing.assert_close(clip["latents"], runs.toy_batch(2, 0, vae=runs.toy_vae(str(bundle)))["latents"])
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle / "teacher", broken / "teacher")
+    shutil.copy(bundle / "toy.json", broken / "toy.json")
+    with pytest.raises(ConfigError, match="holds toy.json.*vae.safetensors is missing. Fix: write the bundle again"):
+        runs.load_teacher(str(broken))  # not read as a real Wan (which would blame a missing config.json)
     with pytest.raises(ConfigError, match=f"teacher_path={tmp_path}: not a toy-world teacher.*Fix: give videos"):
         runs.toy_vae(str(tmp_path))  # 00 without videos for a real Wan: toy clips would be another model's latents
 

@@ -27,7 +27,14 @@ def toy_bundle(teacher_path) -> Path | None:
         return ASSETS
     path = Path(teacher_path)
     for folder in (path, path.parent):
-        if (folder / "toy.json").is_file() and (folder / "vae.safetensors").is_file() and (folder / "teacher").is_dir():
+        if (folder / "toy.json").is_file():
+            missing = [name for name in ("vae.safetensors", "teacher/config.json") if not (folder / name).is_file()]
+            if missing:
+                raise ConfigError(
+                    f"teacher_path={teacher_path}: {folder} holds toy.json, so it is a toy teacher bundle, but "
+                    f"{' and '.join(missing)} is missing. Fix: write the bundle again (`python -m wanlite.toy train "
+                    "--out DIR`) or restore the missing file."
+                )
             return folder
     return None
 
