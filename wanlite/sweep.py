@@ -229,13 +229,12 @@ class Shared:
 
     def __init__(self, grid: Grid, out: Path):
         from . import runs, toy
-        from .runs import _toy_config
 
         self.grid, self.out = grid, out
         self.bundle = runs.toy_bundle(grid.teacher) or Path(grid.teacher)  # not a bundle: toy.teacher says so
         self.teacher = toy.teacher(self.bundle).eval()
         self.vae = toy.load_vae(self.bundle)
-        self.compare = dataclasses.replace(_toy_config(self.bundle), repeats=grid.repeats)
+        self.compare = dataclasses.replace(runs._toy_config(self.bundle), repeats=grid.repeats)
         self.sampling = self.compare.teacher_sampling()
         self.contexts = toy.encode_text(grid.prompts)
         self.negative = toy.encode_text([""])
